@@ -1,0 +1,3 @@
+"""pgrunbook: backups, restores and runbooks for a PostgreSQL (Supabase) database."""
+
+__version__ = "0.1.0"

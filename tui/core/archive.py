@@ -1,0 +1,144 @@
+"""Reading an archive as stored: its container (plain custom format, or zstd around one), its
+header and its table of contents, through `pg_restore --list`."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tui.core.errors import OperationFailed
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+CUSTOM_MAGIC = b"PGDMP"
+_ENTRY_RE = re.compile(r"^(\d+);\s+(\d+)\s+(\d+)\s+(.*)$")
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    dump_id: int
+    catalog_oid: int
+    object_oid: int
+    # "TABLE DATA public actor postgres": the description and names as pg_restore prints them.
+    text: str
+    line: str
+
+    @property
+    def desc(self) -> str:
+        for desc in _DESCS:
+            if self.text.startswith(desc + " "):
+                return desc
+        return self.text.split(" ", 1)[0]
+
+
+# Multi-word descriptions first, so "TABLE DATA" is not read as "TABLE".
+_DESCS = sorted(
+    ["TABLE DATA", "TABLE", "SEQUENCE SET", "SEQUENCE OWNED BY", "SEQUENCE", "INDEX",
+     "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "FK CONSTRAINT", "CONSTRAINT",
+     "DEFAULT ACL", "ACL", "COMMENT", "EVENT TRIGGER", "TRIGGER", "EXTENSION", "SCHEMA",
+     "FUNCTION", "PROCEDURE", "AGGREGATE", "VIEW", "DOMAIN", "TYPE", "POLICY", "ROW SECURITY",
+     "PUBLICATION TABLE", "PUBLICATION", "SUBSCRIPTION", "DEFAULT", "RULE", "LARGE OBJECT",
+     "BLOBS", "ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE", "COLLATION", "CAST",
+     "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "FOREIGN TABLE", "SERVER",
+     "USER MAPPING", "OPERATOR", "OPERATOR CLASS", "OPERATOR FAMILY", "INDEX ATTACH",
+     "TABLE ATTACH", "STATISTICS", "CONVERSION", "PROCEDURAL LANGUAGE", "TRANSFORM",
+     "ACCESS METHOD", "FOREIGN DATA WRAPPER", "POLICY"],
+    key=len, reverse=True,
+)
+
+
+@dataclass
+class Toc:
+    header: dict[str, str] = field(default_factory=dict)
+    entries: list[TocEntry] = field(default_factory=list)
+
+    @property
+    def archive_version(self) -> str | None:
+        return self.header.get("Dump Version")
+
+    @property
+    def dumped_by(self) -> str | None:
+        return self.header.get("Dumped by pg_dump version")
+
+    def table_data_oids(self) -> set[int]:
+        return {e.object_oid for e in self.entries if e.desc == "TABLE DATA"}
+
+
+def container_of(path: Path) -> str:
+    """'custom' for a pg_dump custom-format file, 'zstd' for one wrapped in zstd."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head.startswith(CUSTOM_MAGIC):
+        return "custom"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if head[:1].isascii() and head[:2] in (b"--", b"\n-", b"SE", b"CR"):
+        raise OperationFailed(
+            f"{path.name} is a plain SQL dump, not an archive pgrunbook can restore.",
+            "Load it with psql, or take a new backup with pgrunbook.",
+        )
+    raise OperationFailed(
+        f"{path.name} is not a PostgreSQL custom-format archive (unknown file header).",
+        "Check that the file is a pgrunbook or pg_dump -Fc backup and was copied completely.",
+    )
+
+
+def parse_toc(text: str) -> Toc:
+    toc = Toc()
+    for line in text.splitlines():
+        if line.startswith(";"):
+            body = line[1:].strip()
+            key, sep, value = body.partition(":")
+            if sep and key and not key.startswith(" "):
+                toc.header.setdefault(key.strip(), value.strip())
+            continue
+        m = _ENTRY_RE.match(line)
+        if m:
+            toc.entries.append(
+                TocEntry(int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4), line)
+            )
+    return toc
+
+
+def read_toc(path: Path, pg_restore: Path, env: dict[str, str] | None = None) -> Toc:
+    """`pg_restore --list` of the archive as stored (decompressing a zstd container on the fly)."""
+    container = container_of(path)
+    if container == "custom":
+        proc = subprocess.run([str(pg_restore), "--list", str(path)], capture_output=True,
+                              check=False, env=env)
+        out, err, code = proc.stdout, proc.stderr, proc.returncode
+    else:
+        zstd = shutil.which("zstd")
+        if zstd is None:
+            raise OperationFailed(
+                f"{path.name} is zstd-compressed and the zstd program is not installed.",
+                "Install it: apt install zstd.",
+            )
+        with subprocess.Popen([zstd, "-dcq", str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL) as unzstd:
+            assert unzstd.stdout is not None
+            proc = subprocess.run([str(pg_restore), "--list"], stdin=unzstd.stdout,
+                                  capture_output=True, check=False, env=env)
+            unzstd.stdout.close()
+            unzstd.kill()
+        out, err, code = proc.stdout, proc.stderr, proc.returncode
+    if code != 0:
+        message = err.decode(errors="replace").strip()
+        m = re.search(r"unsupported version \(([\d.]+)\) in file header", message)
+        if m:
+            raise OperationFailed(
+                f"{path.name} was written by a newer pg_dump (archive format {m.group(1)}) "
+                f"than {pg_restore} can read.",
+                "Use the pg_restore of the PostgreSQL version that made it (see the metadata's "
+                "pg_dump_version), or set PG_BIN_DIR.",
+                detail=message,
+            )
+        first = message.splitlines()[0] if message else f"exit code {code}"
+        raise OperationFailed(
+            f"{path.name} cannot be read as an archive: {first}",
+            "The file is damaged or incomplete; use another backup.",
+            detail=message,
+        )
+    return parse_toc(out.decode("utf-8", errors="replace"))

@@ -1,0 +1,136 @@
+"""The audit trail: an append-only JSON-lines log in the backup directory (0600).
+
+Every operation appends one line when it starts and one when it ends: time, operator, origin,
+operation, target, arguments (secrets redacted), reason, result, duration, error.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tui.core.fsutil import PRIVATE_FILE, ensure_private_dir
+
+AUDIT_FILE = "audit.log"
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]*@", re.I)
+_SECRET_KEYS = re.compile(r"pass|secret|token|key|credential", re.I)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def operator_identity() -> dict[str, str | None]:
+    """Who is running this: the OS user, the sudo user behind it, and the SSH client address."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    ssh = os.environ.get("SSH_CLIENT") or os.environ.get("SSH_CONNECTION") or ""
+    return {
+        "user": user,
+        "sudo_user": os.environ.get("SUDO_USER"),
+        "ssh_client": ssh.split()[0] if ssh.split() else None,
+        "host": socket.gethostname(),
+    }
+
+
+def redact(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """Copy `value` with passwords in URLs, secret-looking keys and known secret strings masked."""
+    known = [s for s in secrets if s]
+    if isinstance(value, Mapping):
+        return {
+            k: ("********" if _SECRET_KEYS.search(str(k)) and v not in (None, "", False)
+                else redact(v, known))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v, known) for v in value]
+    if isinstance(value, str):
+        text = _URL_PASSWORD.sub(r"\g<scheme>:********@", value)
+        for s in known:
+            text = text.replace(s, "********")
+        return text
+    return value
+
+
+@dataclass
+class AuditRecord:
+    """One running operation: `finish()` writes its end line."""
+
+    log: AuditLog
+    op_id: str
+    operation: str
+    started: float
+    base: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+
+    def finish(self, result: str, error: str | None = None, **extra: Any) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.log.append(
+            {"time": iso(utcnow()), **self.base, "event": "end", "result": result,
+             "duration_seconds": round(time.monotonic() - self.started, 3),
+             "error": error, **extra}
+        )
+
+
+class AuditLog:
+    def __init__(self, backup_dir: Path, secrets: Iterable[str] = ()) -> None:
+        self.path = backup_dir / AUDIT_FILE
+        self.secrets = [s for s in secrets if s]
+
+    def append(self, entry: dict[str, Any]) -> None:
+        ensure_private_dir(self.path.parent)
+        line = json.dumps(redact(entry, self.secrets), ensure_ascii=False, default=str) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def start(self, operation: str, *, target: Mapping[str, Any] | None, arguments: Mapping[str, Any],
+              reason: str | None, origin: str = "cli") -> AuditRecord:
+        op_id = uuid.uuid4().hex[:12]
+        base = {
+            "id": op_id,
+            "operation": operation,
+            "operator": operator_identity(),
+            "origin": origin,
+            "target": dict(target) if target else None,
+            "arguments": dict(arguments),
+            "reason": reason,
+        }
+        self.append({"time": iso(utcnow()), "event": "start", **base})
+        record = AuditRecord(self, op_id, operation, time.monotonic(), base)
+        return record
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """Every readable line, oldest first (a damaged line is reported, not skipped)."""
+        if not self.path.exists():
+            return
+        with self.path.open(encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    yield {"event": "unreadable", "line": n}

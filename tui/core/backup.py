@@ -1,0 +1,612 @@
+"""Taking a backup: a consistent, checksummed custom-format archive plus its metadata sidecar.
+
+The dump and the per-table row counts share one exported snapshot, so the counts describe exactly
+the dumped data while the application keeps writing. The archive streams through this process
+once: hashed as it is written to a hidden temp file, fsynced, and renamed into place only after
+pg_dump, the compressor and a read-back of the table of contents all succeeded. The metadata
+sidecar is written last; it is the mark that the backup is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+import tui
+from tui.core.archive import Toc, read_toc
+from tui.core.audit import AuditLog, iso, operator_identity
+from tui.core.errors import ConfigError, Interrupted, OperationFailed, PgRunbookError
+from tui.core.events import (
+    BackupFinished,
+    DumpProgress,
+    Emit,
+    Notice,
+    PhaseStarted,
+    ToolOutput,
+    ignore,
+)
+from tui.core.fsutil import (
+    ensure_private_dir,
+    fsync_dir,
+    open_private_exclusive,
+    publish,
+    temp_path_for,
+)
+from tui.core.inventory import last_complete
+from tui.core.metadata import (
+    ARCHIVE_SUFFIX,
+    DEFAULT_LABELS,
+    KINDS,
+    META_SCHEMA_VERSION,
+    meta_path_for,
+    write_meta,
+)
+from tui.core.pgtools import (
+    PgTool,
+    connect,
+    connection_error,
+    find_tool,
+    libpq_env,
+    major_of,
+    server_version,
+)
+from tui.core.settings import Settings, parse_compression
+
+CHUNK = 1 << 20
+PROGRESS_INTERVAL = 0.25
+SPACE_MARGIN = 1.10
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """What the operator asked for."""
+
+    label: str | None = None
+    kind: str = "manual"
+    reason: str | None = None
+    compression: str | None = None
+    exclude_schema: tuple[str, ...] = ()
+    exclude_table_data: tuple[str, ...] = ()
+    origin: str = "cli"
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    name: str
+    path: Path
+    meta_path: Path
+    size_bytes: int
+    sha256: str
+    duration: float
+    tables: int
+    rows: int
+    meta: dict[str, Any] = field(repr=False)
+
+
+def backup_label(kind: str, label: str | None) -> str:
+    """The `<name>` part of `YYYYMMDD_HHMMSS_<name>.backup`, validated."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown backup kind {kind!r}.", f"Use one of: {', '.join(KINDS)}.")
+    if label is None or label == "":
+        if kind == "release":
+            raise ConfigError(
+                "a release backup needs a name.",
+                "For example: pgrunbook backup pre_major_release_v2.1 --kind release",
+            )
+        return DEFAULT_LABELS[kind]
+    if "/" in label or "\\" in label or ".." in label or not _LABEL_RE.match(label):
+        raise ConfigError(
+            f"backup name {label!r} is not allowed.",
+            "Use up to 100 letters, digits, '.', '_' and '-', starting with a letter or digit, "
+            "with no '/' and no '..'.",
+        )
+    return label
+
+
+@dataclass(frozen=True)
+class _Plan:
+    method: str  # "zstd" (external), "zstd-native", "gzip", "none"
+    level: int
+    description: str  # what the metadata says, such as "zstd:3"
+    container: str  # "zstd" when the custom-format file is wrapped in zstd, else "custom"
+
+
+def _plan_compression(spec: str, pg_dump: PgTool, emit: Emit) -> _Plan:
+    method, level = parse_compression(spec)
+    if method == "zstd":
+        if pg_dump.major >= 16:
+            return _Plan("zstd-native", level, f"zstd:{level}", "custom")
+        if shutil.which("zstd"):
+            return _Plan("zstd", level, f"zstd:{level}", "zstd")
+        emit(Notice("warning", "zstd is not installed (apt install zstd): using pg_dump's gzip "
+                                "level 6, which is several times slower."))
+        return _Plan("gzip", 6, "gzip:6", "custom")
+    if method == "gzip":
+        return _Plan("gzip", level, f"gzip:{level}", "custom")
+    return _Plan("none", 0, "none", "custom")
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A psql-style pattern (`*`, `?`, "quoted") as a regex, for pre-filtering only."""
+    out, quoted = [], False
+    for ch in pattern:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "*":
+            out.append(".*")
+        elif not quoted and ch == "?":
+            out.append(".")
+        else:
+            out.append(re.escape(ch if quoted else ch.lower()))
+    return re.compile("^" + "".join(out) + "$")
+
+
+def _excluded(schema: str, table: str, schema_patterns: Sequence[str],
+              table_patterns: Sequence[str]) -> bool:
+    if any(_pattern_regex(p).match(schema) for p in schema_patterns):
+        return True
+    for p in table_patterns:
+        if "." in p:
+            sp, _, tp = p.partition(".")
+            if _pattern_regex(sp).match(schema) and _pattern_regex(tp).match(table):
+                return True
+        elif _pattern_regex(p).match(table):
+            return True
+    return False
+
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+def _dumpable_tables(conn: Conn) -> list[tuple[int, str, str]]:
+    """Tables whose data pg_dump writes: ordinary tables and partitions outside the system
+    schemas, except extension members that are not extension configuration tables."""
+    rows = conn.execute(
+        """
+        SELECT c.oid::int8, n.nspname, c.relname
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r'
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+          AND (NOT EXISTS (SELECT 1 FROM pg_depend d
+                           WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                             AND d.deptype = 'e')
+               OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY (x.extconfig)))
+        ORDER BY n.nspname, c.relname
+        """
+    ).fetchall()
+    return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+def _count(conn: Conn, tables: Sequence[tuple[int, str, str]]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for oid, schema, name in tables:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(name)
+            )
+        ).fetchone()
+        assert row is not None
+        counts[oid] = int(row[0])
+    return counts
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _kill_group(pgid: int | None) -> None:
+    if pgid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+
+
+async def _reap(procs: Sequence[asyncio.subprocess.Process], pgid: int | None) -> None:
+    """Wait for children; escalate to SIGKILL if they do not go within 5 seconds."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 5)
+    except TimeoutError:
+        if pgid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        await asyncio.gather(*(p.wait() for p in procs))
+
+
+def _dump_error(stderr: str, settings: Settings, pg_dump: PgTool) -> PgRunbookError:
+    target = settings.target
+    if "server version mismatch" in stderr:
+        return OperationFailed(
+            f"{pg_dump.path} ({pg_dump.version}) is older than the server.",
+            "Install the client of the server's major version or set PG_BIN_DIR.",
+            detail=stderr,
+        )
+    if "connection to server" in stderr or "could not translate host" in stderr:
+        return connection_error(stderr, target)
+    m = re.search(r"permission denied for (?:table|relation|schema|sequence) (\S+)", stderr)
+    if m:
+        return OperationFailed(
+            f"user {target.user!r} may not read {m.group(1)} (permission denied).",
+            "Back up as a role that can read every table (on Supabase: postgres), or leave it "
+            "out with --exclude-table-data / --exclude-schema.",
+            detail=stderr,
+        )
+    m = re.search(r"no matching (schemas|tables) were found for pattern \"([^\"]*)\"", stderr)
+    if m:
+        return ConfigError(f"no {m.group(1)} match the pattern {m.group(2)!r}.", detail=stderr)
+    if "lock timeout" in stderr or "could not obtain lock" in stderr:
+        return OperationFailed(
+            "pg_dump could not get a lock: another session holds an exclusive lock on a table.",
+            "Find it in pg_stat_activity, or retry when the migration or DDL has finished.",
+            detail=stderr,
+        )
+    errors = [ln for ln in stderr.splitlines() if "error:" in ln or "FATAL" in ln]
+    first = (errors or stderr.strip().splitlines() or ["no message"])[0]
+    return OperationFailed(
+        f"pg_dump failed: {first.strip()}",
+        "See the lines above (pgrunbook -v shows all of pg_dump's output).",
+        detail=stderr,
+    )
+
+
+def _write_error(exc: OSError, tmp: Path, written: int) -> PgRunbookError:
+    where = tmp.parent
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return OperationFailed(
+            f"no space left in {where} after writing {written:,} bytes "
+            f"({os.strerror(exc.errno or 0)}); the partial file was removed, "
+            "older backups are intact.",
+            "Free space (remove old backups) or set BACKUP_DIR to a larger disk.",
+        )
+    return OperationFailed(
+        f"could not write the archive in {where}: {exc.strerror or exc}; "
+        "the partial file was removed.",
+        "Check the disk and the directory's permissions.",
+    )
+
+
+def _check_space(settings: Settings, db_size: int, plan: _Plan, emit: Emit) -> int | None:
+    """Refuse early when the backup will not fit; returns the expected size for the ETA."""
+    previous = last_complete(settings.backup_dir)
+    if previous is not None and previous.size_bytes:
+        expected = previous.size_bytes
+        basis = f"the last backup's size ({previous.name})"
+    else:
+        ratio = 1.0 if plan.method == "none" else 0.8
+        expected = int(db_size * ratio)
+        basis = "80% of the database size" if ratio < 1 else "the database size"
+    free = shutil.disk_usage(settings.backup_dir).free
+    need = int(expected * SPACE_MARGIN)
+    if need > free:
+        from humanize import naturalsize
+
+        raise OperationFailed(
+            f"not enough free space in {settings.backup_dir}: about {naturalsize(need)} needed "
+            f"({basis} plus 10%), {naturalsize(free)} free.",
+            "Free space (remove old backups) or set BACKUP_DIR to a larger disk.",
+        )
+    return expected if previous is not None else None
+
+
+async def run_backup(
+    settings: Settings,
+    request: BackupRequest,
+    emit: Emit = ignore,
+    *,
+    audit: AuditLog | None = None,
+) -> BackupResult:
+    """Take one backup of `settings.target`. Raises PgRunbookError (or Interrupted)."""
+    label = backup_label(request.kind, request.label)
+    target = settings.target
+    audit = audit or AuditLog(settings.backup_dir, secrets_of(settings))
+    record = audit.start(
+        "backup",
+        target=target.public(),
+        arguments={"name": label, "kind": request.kind,
+                   "compression": request.compression or settings.compression,
+                   "exclude_schema": list(request.exclude_schema),
+                   "exclude_table_data": list(request.exclude_table_data)},
+        reason=request.reason,
+        origin=request.origin,
+    )
+    try:
+        result = await _run_backup(settings, request, label, emit)
+    except asyncio.CancelledError:
+        record.finish("interrupted", "interrupted by the operator (Ctrl-C or SIGTERM)")
+        raise
+    except PgRunbookError as exc:
+        record.finish("failed", str(exc))
+        raise
+    except BaseException as exc:
+        record.finish("failed", f"{exc.__class__.__name__}: {exc}")
+        raise
+    record.finish("ok", None, backup=result.name, size_bytes=result.size_bytes,
+                  sha256=result.sha256)
+    return result
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    secret = settings.target.password
+    return [secret.reveal()] if secret is not None else []
+
+
+async def _run_backup(settings: Settings, request: BackupRequest, label: str,
+                      emit: Emit) -> BackupResult:
+    target = settings.target
+    started_wall = datetime.now(UTC)
+    started = time.monotonic()
+    stamp = started_wall.strftime("%Y%m%d_%H%M%S")
+    name = f"{stamp}_{label}"
+    try:
+        ensure_private_dir(settings.backup_dir)
+    except OSError as exc:
+        raise OperationFailed(
+            f"cannot create the backup directory {settings.backup_dir}: {exc.strerror}.",
+            "Check BACKUP_DIR and its permissions.",
+        ) from None
+    final = settings.backup_dir / f"{name}{ARCHIVE_SUFFIX}"
+    if final.exists():
+        raise OperationFailed(f"a backup named {name} already exists.",
+                              "Wait a second and try again, or give another name.")
+
+    emit(PhaseStarted("connecting", target.describe()))
+    conn = await asyncio.to_thread(connect, target, settings)
+    try:
+        version_num, version_text = server_version(conn)
+        major = major_of(version_num)
+        pg_dump = find_tool("pg_dump", settings, major, f"the server at {target.host}:{target.port}")
+        pg_restore = find_tool("pg_restore", settings, major, "this archive")
+        plan = _plan_compression(request.compression or settings.compression, pg_dump, emit)
+        info = conn.execute(
+            "SELECT pg_database_size(current_database()),"
+            " ARRAY(SELECT nspname::text FROM pg_namespace"
+            "       WHERE nspname NOT IN ('pg_catalog','information_schema')"
+            "         AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp\\_%'"
+            "       ORDER BY 1)"
+        ).fetchone()
+        assert info is not None
+        db_size, schemas = int(info[0]), list(info[1])
+        expected = _check_space(settings, db_size, plan, emit)
+
+        # One snapshot for the dump and the counts.
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert snap is not None
+        snapshot = str(snap[0])
+        tables = [
+            t for t in _dumpable_tables(conn)
+            if not _excluded(t[1], t[2], request.exclude_schema, request.exclude_table_data)
+        ]
+        emit(PhaseStarted("dumping", f"pg_dump {pg_dump.version}, {plan.description}"))
+        with libpq_env(target, settings) as env:
+            size, sha256, toc, counts = await _dump(
+                settings, request, pg_dump, pg_restore, plan, snapshot, env, conn, tables,
+                final, expected, emit,
+            )
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
+    finally:
+        await asyncio.to_thread(conn.close)
+
+    table_info = {t[0]: t for t in tables}
+    counted = [
+        {"schema": table_info[oid][1], "name": table_info[oid][2], "rows": counts[oid]}
+        for oid in counts
+    ]
+    counted.sort(key=lambda t: (str(t["schema"]), str(t["name"])))
+    duration = time.monotonic() - started
+    meta: dict[str, Any] = {
+        "schema_version": META_SCHEMA_VERSION,
+        "name": name,
+        "label": label,
+        "kind": request.kind,
+        "reason": request.reason,
+        "created_at": iso(started_wall),
+        "finished_at": iso(datetime.now(UTC)),
+        "duration_seconds": round(duration, 3),
+        "archive": {
+            "file": final.name,
+            "size_bytes": size,
+            "sha256": sha256,
+            "format": "custom",
+            "compression": plan.description,
+            "container": plan.container,
+            "archive_version": toc.archive_version,
+        },
+        "source": target.public(),
+        "server_version": version_text,
+        "server_version_num": version_num,
+        "pg_dump_version": pg_dump.version,
+        "database_size_bytes": db_size,
+        "schemas": schemas,
+        "options": {
+            "exclude_schema": list(request.exclude_schema),
+            "exclude_table_data": list(request.exclude_table_data),
+        },
+        "tables": counted,
+        "total_rows": sum(counts.values()),
+        "operator": operator_identity(),
+        "tool": {"name": "pgrunbook", "version": tui.__version__},
+    }
+    write_meta(meta_path_for(final), meta)
+    emit(BackupFinished(name, str(final), size, sha256, duration))
+    return BackupResult(name, final, meta_path_for(final), size, sha256, duration,
+                        len(counted), sum(counts.values()), meta)
+
+
+async def _dump(
+    settings: Settings,
+    request: BackupRequest,
+    pg_dump: PgTool,
+    pg_restore: PgTool,
+    plan: _Plan,
+    snapshot: str,
+    env: dict[str, str],
+    conn: Conn,
+    tables: list[tuple[int, str, str]],
+    final: Path,
+    expected: int | None,
+    emit: Emit,
+) -> tuple[int, str, Toc, dict[int, int]]:
+    argv = [str(pg_dump.path), "--format=custom", "--no-password", f"--snapshot={snapshot}",
+            f"--dbname={settings.target.dbname}"]
+    if plan.method == "zstd-native":
+        argv.append(f"--compress=zstd:{plan.level}")
+    else:
+        argv.append(f"--compress={plan.level if plan.method == 'gzip' else 0}")
+    argv += [f"--exclude-schema={p}" for p in request.exclude_schema]
+    argv += [f"--exclude-table-data={p}" for p in request.exclude_table_data]
+
+    tmp = temp_path_for(final)
+    fd = open_private_exclusive(tmp)
+    # Held while writing: the inventory tells an abandoned partial file from a live one by it.
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    procs: list[asyncio.subprocess.Process] = []
+    pgid: int | None = None
+    tails: dict[str, deque[str]] = {"pg_dump": deque(maxlen=200), "zstd": deque(maxlen=20)}
+    written = 0
+    count_task: asyncio.Task[dict[int, int]] | None = None
+    published = False
+    try:
+        if plan.method == "zstd":
+            read_end, write_end = os.pipe()
+            try:
+                dump = await asyncio.create_subprocess_exec(
+                    *argv, stdout=write_end, stderr=asyncio.subprocess.PIPE, env=env,
+                    stdin=asyncio.subprocess.DEVNULL, process_group=0)
+                pgid = dump.pid
+                procs.append(dump)
+                zstd = await asyncio.create_subprocess_exec(
+                    "zstd", f"-{plan.level}", "-q", "-c", stdin=read_end,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    process_group=pgid, limit=CHUNK)
+                procs.append(zstd)
+            finally:
+                os.close(read_end)
+                os.close(write_end)
+            source = zstd
+        else:
+            dump = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+                stdin=asyncio.subprocess.DEVNULL, process_group=0, limit=CHUNK)
+            pgid = dump.pid
+            procs.append(dump)
+            source = dump
+
+        async def drain(tool: str, proc: asyncio.subprocess.Process) -> None:
+            assert proc.stderr is not None
+            async for raw in proc.stderr:
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                tails[tool].append(line)
+                emit(ToolOutput(tool, line))
+
+        drains = [asyncio.create_task(drain(t, p)) for t, p in zip(tails, procs, strict=False)]
+        count_task = asyncio.create_task(asyncio.to_thread(_count, conn, tables))
+
+        digest = hashlib.sha256()
+        assert source.stdout is not None
+        begun = time.monotonic()
+        last_tick = 0.0
+        while True:
+            chunk = await source.stdout.read(CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            try:
+                _write_all(fd, chunk)
+            except OSError as exc:
+                raise _write_error(exc, tmp, written) from None
+            written += len(chunk)
+            now = time.monotonic()
+            if now - last_tick >= PROGRESS_INTERVAL:
+                last_tick = now
+                elapsed = now - begun
+                rate = written / elapsed if elapsed > 0 else 0.0
+                eta = (max(expected - written, 0) / rate) if expected and rate > 0 else None
+                emit(DumpProgress(written, elapsed, rate, expected, eta))
+        codes = [await p.wait() for p in procs]
+        await asyncio.gather(*drains)
+        if codes[0] != 0:
+            raise _dump_error("\n".join(tails["pg_dump"]), settings, pg_dump)
+        if len(codes) > 1 and codes[1] != 0:
+            raise OperationFailed(
+                f"zstd failed (exit {codes[1]}): {' '.join(tails['zstd']) or 'no message'}",
+                "Check the disk and that zstd works (zstd --version).",
+            )
+        elapsed = time.monotonic() - begun
+        emit(DumpProgress(written, elapsed, written / elapsed if elapsed else 0.0, written, 0.0))
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise _write_error(exc, tmp, written) from None
+
+        emit(PhaseStarted("checking", "reading back the table of contents"))
+        toc = await asyncio.to_thread(read_toc, tmp, pg_restore.path, env)
+        emit(PhaseStarted("counting", f"{len(tables)} tables in the dump's snapshot"))
+        counts = await count_task
+        # The archive decides which tables' data it holds: keep exactly those counts.
+        in_archive = toc.table_data_oids()
+        counts = {oid: n for oid, n in counts.items() if oid in in_archive}
+        missing = in_archive - counts.keys()
+        if missing:
+            names = dict(
+                (int(r[0]), (str(r[1]), str(r[2])))
+                for r in conn.execute(
+                    "SELECT c.oid::int8, n.nspname, c.relname FROM pg_class c"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(%s)",
+                    [sorted(missing)],
+                ).fetchall()
+            )
+            extra = [(o, *names[o]) for o in sorted(missing) if o in names]
+            tables.extend(extra)
+            counts.update(await asyncio.to_thread(_count, conn, extra))
+        publish(tmp, final)
+        published = True
+        return written, digest.hexdigest(), toc, counts
+    except asyncio.CancelledError:
+        raise
+    finally:
+        if not published:
+            _kill_group(pgid)
+            if procs:
+                await _reap(procs, pgid)
+            if count_task is not None and not count_task.done():
+                # The count runs in a thread on the snapshot connection: cancel its query.
+                with contextlib.suppress(Exception):
+                    conn.cancel_safe()
+                with contextlib.suppress(BaseException):
+                    await count_task
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            with contextlib.suppress(OSError):
+                fsync_dir(tmp.parent)
+        os.close(fd)
+
+
+def interrupted_error() -> Interrupted:
+    return Interrupted(
+        "backup interrupted: pg_dump was stopped and the partial file removed; "
+        "no backup was recorded.",
+        "Run the backup again when ready.",
+    )

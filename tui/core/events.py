@@ -1,0 +1,65 @@
+"""Typed progress events. The engine emits them; the CLI and the TUI render them; the audit
+trail and operation logs record them. Nothing in the engine prints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class of every progress event."""
+
+
+@dataclass(frozen=True)
+class PhaseStarted(Event):
+    """A named phase of a long operation began (connecting, dumping, counting, ...)."""
+
+    phase: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """Something the operator should read: level is "info" or "warning"."""
+
+    level: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DumpProgress(Event):
+    """Bytes of archive written so far."""
+
+    bytes_written: int
+    elapsed: float
+    rate: float
+    expected_bytes: int | None
+    eta: float | None
+
+
+@dataclass(frozen=True)
+class ToolOutput(Event):
+    """One line a child process (pg_dump, pg_restore, ...) printed."""
+
+    tool: str
+    line: str
+
+
+@dataclass(frozen=True)
+class BackupFinished(Event):
+    """The archive and its metadata are in place."""
+
+    name: str
+    path: str
+    size_bytes: int
+    sha256: str
+    duration: float
+
+
+Emit = Callable[[Event], None]
+
+
+def ignore(_event: Event) -> None:
+    """An `Emit` that drops everything (for callers that want no progress)."""

@@ -1,0 +1,172 @@
+"""The local backup inventory: every archive and sidecar in BACKUP_DIR, problems included.
+
+A backup whose metadata is missing or damaged is listed with that problem, never hidden.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tui.core.metadata import (
+    ARCHIVE_SUFFIX,
+    META_SUFFIX,
+    STAMP_RE,
+    MetaError,
+    meta_path_for,
+    read_meta,
+)
+
+HASH_CHUNK = 1 << 20
+
+
+@dataclass
+class BackupEntry:
+    """One backup as the inventory sees it."""
+
+    name: str
+    path: Path
+    meta_path: Path
+    kind: str | None = None
+    created_at: datetime | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    meta: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.meta is not None and not self.problems
+
+    def as_json(self) -> dict[str, Any]:
+        drill = (self.meta or {}).get("drill") or {}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z")
+            if self.created_at else None,
+            "size_bytes": self.size_bytes,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "reason": (self.meta or {}).get("reason"),
+            "drill": drill or None,
+            "problems": list(self.problems),
+        }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parse_time(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _stamp_time(name: str) -> datetime | None:
+    m = STAMP_RE.match(name)
+    if not m:
+        return None
+    try:
+        return datetime.strptime(m.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _is_abandoned(partial: Path) -> bool:
+    """A partial file whose writer is gone: its writer holds an exclusive lock while alive."""
+    try:
+        fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def load_entry(archive: Path, verify: bool = False) -> BackupEntry:
+    name = archive.name[: -len(ARCHIVE_SUFFIX)]
+    entry = BackupEntry(name=name, path=archive, meta_path=meta_path_for(archive))
+    try:
+        st = archive.stat()
+        entry.size_bytes = st.st_size
+    except FileNotFoundError:
+        st = None
+        entry.problems.append("archive missing")
+    try:
+        meta = read_meta(entry.meta_path)
+    except MetaError as exc:
+        entry.problems.append(str(exc))
+        meta = None
+    if meta is not None:
+        entry.meta = meta
+        entry.kind = str(meta.get("kind"))
+        entry.created_at = _parse_time(meta.get("created_at"))
+        entry.sha256 = str(meta["archive"]["sha256"])
+        expected = meta["archive"].get("size_bytes")
+        if st is not None and isinstance(expected, int) and expected != st.st_size:
+            entry.problems.append(
+                f"size differs from metadata ({st.st_size} bytes, expected {expected})"
+            )
+        elif st is not None and verify and sha256_file(archive) != entry.sha256:
+            entry.problems.append("checksum mismatch")
+    if entry.created_at is None:
+        entry.created_at = _stamp_time(name) or (
+            datetime.fromtimestamp(st.st_mtime, UTC) if st is not None else None
+        )
+    return entry
+
+
+def list_backups(backup_dir: Path, verify: bool = False) -> list[BackupEntry]:
+    """Newest first."""
+    if not backup_dir.is_dir():
+        return []
+    entries: list[BackupEntry] = []
+    seen: set[str] = set()
+    for child in sorted(backup_dir.iterdir()):
+        fname = child.name
+        if fname.startswith("."):
+            if ARCHIVE_SUFFIX + ".partial-" in fname and _is_abandoned(child):
+                stem = fname[1:].split(".partial-")[0]
+                e = BackupEntry(name=stem, path=child, meta_path=child)
+                e.size_bytes = child.stat().st_size
+                e.created_at = datetime.fromtimestamp(child.stat().st_mtime, UTC)
+                e.problems.append("partial file left by an interrupted write (safe to delete)")
+                entries.append(e)
+            continue
+        if fname.endswith(ARCHIVE_SUFFIX) and child.is_file():
+            seen.add(fname)
+            entries.append(load_entry(child, verify))
+        elif fname.endswith(ARCHIVE_SUFFIX + META_SUFFIX):
+            archive_name = fname[: -len(META_SUFFIX)]
+            if not (backup_dir / archive_name).exists():
+                seen.add(archive_name)
+                entries.append(load_entry(backup_dir / archive_name, verify))
+    epoch = datetime.min.replace(tzinfo=UTC)
+    entries.sort(key=lambda e: (e.created_at or epoch, e.name), reverse=True)
+    return entries
+
+
+def last_complete(backup_dir: Path) -> BackupEntry | None:
+    for e in list_backups(backup_dir):
+        if e.complete:
+            return e
+    return None
