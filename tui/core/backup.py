@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -234,8 +234,19 @@ async def _reap(procs: Sequence[asyncio.subprocess.Process], pgid: int | None) -
         await asyncio.gather(*(p.wait() for p in procs))
 
 
-def _dump_error(stderr: str, settings: Settings, pg_dump: PgTool) -> PgRunbookError:
+def _dump_error(stderr: str, settings: Settings, pg_dump: PgTool, code: int) -> PgRunbookError:
     target = settings.target
+    if code < 0:
+        try:
+            signame = signal.Signals(-code).name
+        except ValueError:
+            signame = f"signal {-code}"
+        return OperationFailed(
+            f"pg_dump was killed by {signame} before it finished; the partial file was removed.",
+            "Something outside pgrunbook stopped it (the OOM killer, an operator): check the "
+            "system log, then run the backup again.",
+            detail=stderr,
+        )
     if "server version mismatch" in stderr:
         return OperationFailed(
             f"{pg_dump.path} ({pg_dump.version}) is older than the server.",
@@ -354,10 +365,6 @@ def secrets_of(settings: Settings) -> list[str]:
 async def _run_backup(settings: Settings, request: BackupRequest, label: str,
                       emit: Emit) -> BackupResult:
     target = settings.target
-    started_wall = datetime.now(UTC)
-    started = time.monotonic()
-    stamp = started_wall.strftime("%Y%m%d_%H%M%S")
-    name = f"{stamp}_{label}"
     try:
         ensure_private_dir(settings.backup_dir)
     except OSError as exc:
@@ -365,10 +372,19 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
             f"cannot create the backup directory {settings.backup_dir}: {exc.strerror}.",
             "Check BACKUP_DIR and its permissions.",
         ) from None
-    final = settings.backup_dir / f"{name}{ARCHIVE_SUFFIX}"
-    if final.exists():
+    # Names carry the second the backup started; two backups of one name within a second
+    # (a script taking several) wait for the next second rather than collide.
+    for _ in range(3):
+        started_wall = datetime.now(UTC)
+        name = f"{started_wall.strftime('%Y%m%d_%H%M%S')}_{label}"
+        final = settings.backup_dir / f"{name}{ARCHIVE_SUFFIX}"
+        if not final.exists() and not meta_path_for(final).exists():
+            break
+        await asyncio.sleep(1.0 - started_wall.microsecond / 1e6)
+    else:
         raise OperationFailed(f"a backup named {name} already exists.",
-                              "Wait a second and try again, or give another name.")
+                              "Give the backup another name.")
+    started = time.monotonic()
 
     emit(PhaseStarted("connecting", target.describe()))
     conn = await asyncio.to_thread(connect, target, settings)
@@ -386,7 +402,7 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
             "       ORDER BY 1)"
         ).fetchone()
         assert info is not None
-        db_size, schemas = int(info[0]), list(info[1])
+        db_size, schemas = int(str(info[0])), [str(s) for s in cast(list[str], info[1])]
         expected = _check_space(settings, db_size, plan, emit)
 
         # One snapshot for the dump and the counts.
@@ -548,7 +564,7 @@ async def _dump(
         codes = [await p.wait() for p in procs]
         await asyncio.gather(*drains)
         if codes[0] != 0:
-            raise _dump_error("\n".join(tails["pg_dump"]), settings, pg_dump)
+            raise _dump_error("\n".join(tails["pg_dump"]), settings, pg_dump, codes[0])
         if len(codes) > 1 and codes[1] != 0:
             raise OperationFailed(
                 f"zstd failed (exit {codes[1]}): {' '.join(tails['zstd']) or 'no message'}",
@@ -581,7 +597,13 @@ async def _dump(
             extra = [(o, *names[o]) for o in sorted(missing) if o in names]
             tables.extend(extra)
             counts.update(await asyncio.to_thread(_count, conn, extra))
-        publish(tmp, final)
+        try:
+            publish(tmp, final)
+        except FileExistsError:
+            raise OperationFailed(
+                f"another backup named {final.stem} appeared while this one ran.",
+                "Run the backup again (or give it another name).",
+            ) from None
         published = True
         return written, digest.hexdigest(), toc, counts
     except asyncio.CancelledError:

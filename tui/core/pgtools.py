@@ -95,7 +95,8 @@ def find_tool(name: str, settings: Settings, need_major: int, why: str) -> PgToo
     if fitting:
         best_major = min(t.major for t in fitting)
         return max(t for t in fitting if t.major == best_major)
-    where = f"PG_BIN_DIR={settings.pg_bin_dir}" if settings.pg_bin_dir else "PATH and /usr/lib/postgresql/*/bin"
+    where = (f"PG_BIN_DIR={settings.pg_bin_dir}" if settings.pg_bin_dir
+             else "PATH and /usr/lib/postgresql/*/bin")
     found = ", ".join(f"{t.version} ({t.path})" for t in candidates) or "none"
     raise ToolVersionError(
         f"{why} is PostgreSQL {need_major}, but no {name} of version {need_major} or newer "
@@ -115,10 +116,11 @@ def server_binaries(min_major: int | None = None) -> tuple[int, Path]:
             if digits:
                 found.append((int(digits), p))
     initdb = shutil.which("initdb")
-    if initdb:
-        v = tool_version(Path(initdb))
-        if v:
-            found.append((v[0], Path(initdb).parent))
+    if initdb and not found:
+        real = Path(initdb).resolve().parent
+        v = tool_version(real / "initdb")
+        if v and (real / "pg_ctl").exists() and (real / "postgres").exists():
+            found.append((v[0], real))
     found = [f for f in found if min_major is None or f[0] >= min_major]
     if not found:
         need = f" {min_major} or newer" if min_major else ""
