@@ -157,7 +157,8 @@ class Target:
 class Settings:
     """One settings object, built once from the env file plus the environment."""
 
-    values: Mapping[str, str]
+    # Raw values, secrets included: never printed (repr=False).
+    values: Mapping[str, str] = field(repr=False)
     env_file: Path | None
     target: Target
     backup_dir: Path

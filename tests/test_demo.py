@@ -1,0 +1,38 @@
+"""`pgrunbook demo`: a newcomer's first command, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import clean_env
+
+
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, env=clean_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_demo_starts_backs_up_lists_and_stops(tmp_path: Path) -> None:
+    proc = run(tmp_path, "demo", "--rows", "5000")
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert "Backup complete" in proc.stdout and "_manual" in proc.stdout
+        env_file = tmp_path / "pgrunbook-demo" / "demo.env"
+        assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+        listing = run(tmp_path, "--env-file", str(env_file), "list", "--json")
+        entries = json.loads(listing.stdout)
+        assert len(entries) == 1 and entries[0]["problems"] == []
+        meta = json.loads(Path(entries[0]["path"] + ".meta").read_text())
+        rows = {f'{t["schema"]}.{t["name"]}': t["rows"] for t in meta["tables"]}
+        assert rows["public.transactions"] == 5000 and rows["auth.users"] == 100
+        # Running it again reuses the running demo database.
+        again = run(tmp_path, "demo")
+        assert again.returncode == 0 and "already running" in again.stderr
+    finally:
+        stopped = run(tmp_path, "demo", "--stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    after = run(tmp_path, "--env-file", str(tmp_path / "pgrunbook-demo" / "demo.env"), "backup")
+    assert after.returncode == 1 and "connection refused" in after.stderr

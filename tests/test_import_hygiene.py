@@ -1,0 +1,26 @@
+"""The engine and the CLI never load Textual: cron jobs stay light and the split stays real."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_core_and_cli_do_not_import_textual() -> None:
+    modules = sorted(
+        "tui.core." + p.stem for p in (ROOT / "tui" / "core").glob("*.py") if p.stem != "__init__"
+    )
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules + ['tui.core', 'tui.cli']!r}: importlib.import_module(m)\n"
+        "import tui.cli\n"
+        "tui.cli.build_parser()\n"
+        "bad = sorted(m for m in sys.modules if m == 'textual' or m.startswith('textual.'))\n"
+        "print(len(sys.modules))\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) > 50  # the imports really happened
