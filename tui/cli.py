@@ -15,11 +15,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import tui
 from tui.core.errors import (
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -383,10 +383,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `pgrunbook list | head`: the reader went away; that is not an error.
         sys.stderr.close()
         return EXIT_OK
+    except Exception as exc:  # a bug: say so plainly; the traceback only with -v
+        if getattr(args, "verbose", False):
+            import traceback
+
+            traceback.print_exc()
+        _err(f"error: unexpected internal error ({exc.__class__.__name__}: {exc}).")
+        _err("  This is a pgrunbook bug: rerun with -v for the details and report it.")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main(sys.argv[1:]))
 
-
-_ = Path  # re-exported for type checkers of callers

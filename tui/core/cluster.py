@@ -34,7 +34,8 @@ def free_port() -> int:
 
 def _as_server_user(argv: list[str]) -> list[str]:
     if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *argv]
+        runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+        return [runuser, "-u", "postgres", "--", *argv]
     return argv
 
 
