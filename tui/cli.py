@@ -21,6 +21,7 @@ import tui
 from tui.core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_MISMATCH,
     EXIT_OK,
     EXIT_USAGE,
     Interrupted,
@@ -32,6 +33,8 @@ from tui.core.events import (
     Event,
     Notice,
     PhaseStarted,
+    Progress,
+    RestoreLine,
     ToolOutput,
 )
 from tui.core.settings import Settings, load_settings
@@ -113,8 +116,48 @@ class Renderer:
                 _out(f"  {event.tool}: {event.line}", self.stream)
         elif isinstance(event, DumpProgress):
             self._progress_event(event)
+        elif isinstance(event, Progress):
+            self._generic_progress(event)
+        elif isinstance(event, RestoreLine):
+            if self.verbose or event.is_error:
+                if self._progress is not None:
+                    self._progress.console.print(f"  {event.line}", markup=False, highlight=False)
+                else:
+                    _out(f"  {event.line}", self.stream)
         elif isinstance(event, BackupFinished):
             self._stop_bar()
+
+    def _generic_progress(self, event: Progress) -> None:
+        if self.tty:
+            if self._progress is None:
+                from rich.console import Console
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    TextColumn,
+                    TimeElapsedColumn,
+                    TimeRemainingColumn,
+                )
+                from rich.progress import (
+                    Progress as Bar,
+                )
+
+                self._progress = Bar(
+                    TextColumn(f"  {event.phase}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(file=self.stream), transient=True,
+                )
+                self._progress.start()
+                self._task = self._progress.add_task(event.phase, total=event.total)
+            self._progress.update(self._task, completed=event.done, total=event.total)
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= 5:
+            self._last_plain = now
+            of = f" of {event.total:,}" if event.total else ""
+            eta = f", about {event.eta:.0f}s left" if event.eta else ""
+            _out(f"  {event.phase}: {event.done:,}{of} {event.unit}, {event.elapsed:.0f}s "
+                 f"elapsed{eta}", self.stream)
 
     def _progress_event(self, event: DumpProgress) -> None:
         if self.tty:
@@ -205,6 +248,178 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _print_verify(report: Any, limit: int = 40) -> None:
+    rows = []
+    for r in report.ordered()[:limit]:
+        actual = "missing" if r.actual is None else f"{r.actual:,}"
+        diff = "" if r.difference is None else f"{r.difference:+,}"
+        rows.append([f"{r.schema}.{r.table}", f"{r.expected:,}", actual, diff, r.status.upper()])
+    _out(_table(rows, ["TABLE", "EXPECTED", "ACTUAL", "DIFF", "STATUS"]))
+    if len(report.rows) > limit:
+        _out(f"... and {len(report.rows) - limit} more tables, all OK.")
+    schemas = ", ".join(f"{k} {v['actual']}/{v['expected']}"
+                        for k, v in report.tables_per_schema.items())
+    _out(f"Tables per schema (restored/expected): {schemas}")
+    if report.key_tables:
+        _out("Key tables: " + ", ".join(
+            f"{r.schema}.{r.table} {r.actual if r.actual is not None else 'missing'}"
+            for r in report.key_tables))
+    total = sum(r.expected for r in report.rows)
+    if report.passed:
+        _out(f"VERIFICATION PASS: {len(report.rows)} tables, {total:,} rows match the backup.")
+    else:
+        _out(f"VERIFICATION FAIL: {len(report.mismatches)} of {len(report.rows)} tables differ "
+             f"from the backup.")
+
+
+def _sub_target(args: argparse.Namespace) -> None:
+    sub = getattr(args, "sub_target", None)
+    if sub:
+        args.target = sub
+
+
+def _ask_on_terminal(confirmation: Any) -> Any:
+    """The CLI's confirmation: a prompt on the terminal, read in a daemon thread so Ctrl-C
+    still cancels at once."""
+    import threading
+
+    target = confirmation.target
+
+    async def ask(_: Any) -> str | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str | None] = loop.create_future()
+        if confirmation.typed_name_required:
+            prompt = (f"Restore {confirmation.backup} into {target.name.upper()} "
+                      f"({target.describe()})?\nBecause {confirmation.reason}, type the database "
+                      f"name ({target.dbname}) to confirm: ")
+        else:
+            prompt = (f"Restore {confirmation.backup} into {target.name} ({target.describe()}),"
+                      " replacing its data? [y/N] ")
+
+        def read() -> None:
+            try:
+                answer: str | None = input(prompt)
+            except EOFError:
+                answer = None
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(answer))
+
+        threading.Thread(target=read, daemon=True).start()
+        return await future
+
+    return ask(confirmation)
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from tui.core.restore import RestoreRequest, run_restore
+
+    if not args.backup:
+        code = cmd_list(argparse.Namespace(json=False, verify=False), settings)
+        _out("Restore one with: pgrunbook restore latest | NAME | PATH  (--help for options)")
+        return code
+    request = RestoreRequest(
+        backup=args.backup, jobs=args.jobs, reason=args.reason, confirm_name=args.confirm,
+        confirmed=args.yes, terminate_connections=args.terminate_connections,
+        safety_backup=not args.no_safety_backup, owners=args.owners,
+        app_schemas_only=args.app_schemas_only, lock_timeout=args.lock_timeout,
+        verify=not args.no_verify,
+    )
+    interactive = sys.stdin.isatty() and not args.json
+    t = settings.target
+    banner = "PRODUCTION " if t.production else ""
+    _err(f"Restoring {args.backup} into {banner}target {t.name} ({t.describe()})")
+    renderer = Renderer(verbose=args.verbose)
+    try:
+        result = run_async(lambda: run_restore(
+            settings, request, renderer, ask=_ask_on_terminal if interactive else None))
+    finally:
+        renderer._stop_bar()
+    if args.json:
+        _out(json.dumps({
+            "backup": result.backup, "target": t.public(), "safety_backup": result.safety_backup,
+            "safety_note": result.safety_note, "filtered": result.filtered,
+            "restore_seconds": round(result.restore_seconds, 3),
+            "seconds": round(result.seconds, 3), "undo_command": result.undo_command,
+            "verification": result.verify.as_json() if result.verify else None,
+        }, indent=2, ensure_ascii=False))
+    else:
+        _out(f"Restore of {result.backup} into {t.name} finished in {result.restore_seconds:.1f}s")
+        _out(f"  safety backup: {result.safety_backup or result.safety_note}")
+        if result.filtered:
+            _out(f"  left out ({len(result.filtered)}): " + "; ".join(result.filtered))
+        if result.verify is not None:
+            _print_verify(result.verify)
+        if result.undo_command:
+            _out(f"To undo this restore: {result.undo_command}")
+    if result.verify is not None and not result.verify.passed:
+        return EXIT_MISMATCH
+    return EXIT_OK
+
+
+def last_restored(settings: Settings) -> str | None:
+    from tui.core.audit import AuditLog
+
+    name = None
+    for e in AuditLog(settings.backup_dir).entries():
+        if (e.get("operation") == "restore" and e.get("event") == "end"
+                and e.get("result") in ("ok", "verify-failed")
+                and (e.get("target") or {}).get("name") == settings.target.name
+                and (e.get("target") or {}).get("database") == settings.target.dbname):
+            name = e.get("backup")
+    return name
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from tui.core.errors import ConfigError, OperationFailed
+    from tui.core.restore import resolve_backup
+    from tui.core.verify import verify_counts
+
+    spec = args.backup or last_restored(settings)
+    if not spec:
+        raise ConfigError(f"nothing has been restored into {settings.target.name!r} yet.",
+                          "Name the backup to compare with: pgrunbook verify NAME")
+    entry = resolve_backup(settings, spec)
+    if entry.meta is None:
+        raise OperationFailed(f"backup {entry.name} has no readable metadata to compare with.")
+    _err(f"Verifying {settings.target.name} ({settings.target.describe()}) against {entry.name}")
+    report = verify_counts(settings, entry.meta, jobs=args.jobs or 4,
+                           emit=Renderer(verbose=args.verbose))
+    if args.json:
+        _out(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+    else:
+        _print_verify(report)
+    return EXIT_OK if report.passed else EXIT_MISMATCH
+
+
+def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
+    from tui.core.drill import run_drill
+
+    renderer = Renderer(verbose=args.verbose)
+    spec = args.backup or "latest"
+    where = f"a scratch database on {settings.target.name}" if args.target else \
+        "a throwaway local PostgreSQL"
+    _err(f"Drill: restoring {spec} into {where}")
+    try:
+        result = run_async(lambda: run_drill(settings, spec, on_target=bool(args.target),
+                                             jobs=args.jobs, emit=renderer))
+    finally:
+        renderer._stop_bar()
+    if args.json:
+        _out(json.dumps({
+            "backup": result.backup, "result": "PASS" if result.passed else "FAIL",
+            "restore_seconds": round(result.restore_seconds, 3),
+            "total_seconds": round(result.total_seconds, 3), "report": str(result.report_path),
+            "restored_into": result.where, "server_version": result.server_version,
+            "verification": result.verify.as_json() if result.verify else None,
+        }, indent=2, ensure_ascii=False))
+    else:
+        if result.verify is not None:
+            _print_verify(result.verify)
+        _out(f"Drill {'PASS' if result.passed else 'FAIL'}: {result.backup} restored into "
+             f"{result.where} in {result.restore_seconds:.1f}s (recovery time).")
+        _out(f"Report: {result.report_path}")
+    return EXIT_OK if result.passed else EXIT_MISMATCH
+
+
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from tui.core.inventory import list_backups
 
@@ -219,11 +434,17 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     rows = []
     for e in entries:
         created = e.created_at.strftime("%Y-%m-%d %H:%M") if e.created_at else "-"
+        drill = (e.meta or {}).get("drill") or {}
+        drilled = "-"
+        if drill.get("result"):
+            from tui.core.inventory import _parse_time
+
+            drilled = f"{drill['result']} {_age(_parse_time(drill.get('verified_at')), now)}"
         rows.append([e.name, e.kind or "?", created, _age(e.created_at, now),
-                     _size(e.size_bytes), "; ".join(e.problems) or "ok"])
+                     _size(e.size_bytes), drilled, "; ".join(e.problems) or "ok"])
     _out(f"Backups in {settings.backup_dir} (newest first, times UTC"
          f"{', checksums verified' if args.verify else ''}):")
-    _out(_table(rows, ["NAME", "KIND", "CREATED", "AGE", "SIZE", "STATUS"]))
+    _out(_table(rows, ["NAME", "KIND", "CREATED", "AGE", "SIZE", "DRILL", "STATUS"]))
     bad = sum(1 for e in entries if e.problems)
     if bad:
         _out(f"{bad} of {len(entries)} backups have problems.")
@@ -334,6 +555,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_backup)
 
+    p = sub.add_parser("restore", help="restore a backup into the target (safety backup first)",
+                       description="Restore a backup: checksum, confirmation, safety backup, "
+                                   "pg_restore, row-count verification.")
+    p.add_argument("backup", nargs="?", metavar="BACKUP",
+                   help="latest, a backup name as `list` shows it, or a path; none: list them")
+    p.add_argument("--target", dest="sub_target", metavar="NAME", help="target to restore into")
+    p.add_argument("--jobs", type=int, metavar="N", help="parallel pg_restore jobs (default: cores, "
+                   "at most 8)")
+    p.add_argument("--reason", help="why (the SOP's justification): recorded in the audit trail")
+    p.add_argument("--confirm", metavar="DBNAME",
+                   help="the target's database name, typed: required for production")
+    p.add_argument("--yes", action="store_true",
+                   help="confirm a non-production target without a prompt")
+    p.add_argument("--terminate-connections", action="store_true",
+                   help="end other sessions on the target database first")
+    p.add_argument("--no-safety-backup", action="store_true",
+                   help="skip the safety backup (needs --confirm DBNAME; audited)")
+    p.add_argument("--owners", choices=["auto", "keep", "drop"], default="auto",
+                   help="keep or drop ownership and grants (auto: drop unless production)")
+    p.add_argument("--app-schemas-only", action="store_true",
+                   help="leave Supabase-managed schemas (auth, storage, ...) and extensions out")
+    p.add_argument("--lock-timeout", default="30s", metavar="TIME",
+                   help="give up on a lock after this long (default 30s)")
+    p.add_argument("--no-verify", action="store_true", help="skip the row-count verification")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("verify", help="compare the target's row counts with a backup's")
+    p.add_argument("backup", nargs="?", metavar="BACKUP",
+                   help="default: the backup most recently restored into the target")
+    p.add_argument("--target", dest="sub_target", metavar="NAME", help="target to check")
+    p.add_argument("--jobs", type=int, metavar="N", help="connections counting at once (4)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("drill", help="test-restore a backup into a throwaway PostgreSQL")
+    p.add_argument("backup", nargs="?", metavar="BACKUP", help="default: latest")
+    p.add_argument("--target", dest="sub_target", metavar="NAME",
+                   help="use a scratch database on this target's server instead")
+    p.add_argument("--jobs", type=int, metavar="N", help="parallel pg_restore jobs")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_drill)
+
     p = sub.add_parser("list", help="list local backups, newest first")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.add_argument("--verify", action="store_true", help="also check every archive's SHA-256")
@@ -364,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return cmd_demo(args)
+        _sub_target(args)
         settings = load_settings(env_file=args.env_file, target=args.target)
         for warning in settings.warnings:
             _err(f"warning: {warning}")

@@ -403,6 +403,11 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         ).fetchone()
         assert info is not None
         db_size, schemas = int(str(info[0])), [str(s) for s in cast(list[str], info[1])]
+        # Roles the archive may name (owners, grantees, policies), so a drill can create them.
+        roles = [str(r[0]) for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1").fetchall()]
+        is_superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+                                    ).fetchone()
         expected = _check_space(settings, db_size, plan, emit)
 
         # One snapshot for the dump and the counts.
@@ -456,6 +461,8 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         "pg_dump_version": pg_dump.version,
         "database_size_bytes": db_size,
         "schemas": schemas,
+        "roles": roles,
+        "dumped_as_superuser": bool(is_superuser and is_superuser[0]),
         "options": {
             "exclude_schema": list(request.exclude_schema),
             "exclude_table_data": list(request.exclude_table_data),

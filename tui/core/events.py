@@ -63,3 +63,28 @@ Emit = Callable[[Event], None]
 
 def ignore(_event: Event) -> None:
     """An `Emit` that drops everything (for callers that want no progress)."""
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    """Progress of a phase other than the dump: checksum, decompression, restore items."""
+
+    phase: str
+    done: int
+    total: int | None
+    elapsed: float
+    unit: str = "bytes"  # or "items"
+
+    @property
+    def eta(self) -> float | None:
+        if not self.total or not self.done or self.elapsed <= 0:
+            return None
+        return max(self.total - self.done, 0) * self.elapsed / self.done
+
+
+@dataclass(frozen=True)
+class RestoreLine(Event):
+    """One line of pg_restore's output, as it arrives."""
+
+    line: str
+    is_error: bool = False

@@ -78,6 +78,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Comma-separated target names treated as production (typed confirmation required).",
     ),
     SettingSpec("BACKUP_DIR", "backups", "Directory for backups, their metadata and the audit log."),
+    SettingSpec("REPORTS_DIR", "reports", "Directory for drill and runbook reports (Markdown)."),
     SettingSpec(
         "BACKUP_COMPRESSION",
         "zstd:3",

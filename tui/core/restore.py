@@ -1,0 +1,603 @@
+"""Restoring a backup into a target without losing data.
+
+Before the target is touched, in this order: the archive's SHA-256 matches its metadata and
+pg_restore can read it; the pg_restore found is new enough for the archive; the target answers;
+the operator confirms (a production target needs its database name typed); other sessions on the
+target are listed (and ended only when asked); a safety backup of the target's current state is
+taken and verified. Then pg_restore runs from a regular local file, and exact row counts are
+compared with the backup's. Any non-zero exit of pg_restore is a failed restore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from tui.core.archive import Toc, TocEntry, container_of, read_toc
+from tui.core.audit import AuditLog
+from tui.core.backup import BackupRequest, run_backup, secrets_of
+from tui.core.errors import ConfigError, OperationFailed, PgRunbookError
+from tui.core.events import Emit, Notice, PhaseStarted, Progress, RestoreLine, ignore
+from tui.core.fsutil import temp_path_for
+from tui.core.inventory import HASH_CHUNK, BackupEntry, list_backups, load_entry
+from tui.core.locks import take_advisory_lock, target_lock_file
+from tui.core.metadata import ARCHIVE_SUFFIX
+from tui.core.pgtools import PgTool, connect, find_tool, libpq_env
+from tui.core.settings import Settings, Target
+from tui.core.verify import VerifyReport, verify_counts
+
+SUPABASE_MANAGED_SCHEMAS = frozenset({
+    "auth", "storage", "realtime", "extensions", "graphql", "graphql_public", "vault",
+    "pgsodium", "pgsodium_masks", "cron", "supabase_functions", "supabase_migrations", "net",
+    "pgbouncer", "_realtime", "_analytics", "pg_net",
+})
+MAX_DEFAULT_JOBS = 8
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    backup: str
+    jobs: int | None = None
+    reason: str | None = None
+    confirm_name: str | None = None  # the typed database name (--confirm NAME)
+    confirmed: bool = False  # --yes: enough for a non-production target only
+    terminate_connections: bool = False
+    safety_backup: bool = True
+    owners: str = "auto"  # keep | drop | auto (drop for non-production targets)
+    app_schemas_only: bool = False
+    lock_timeout: str = "30s"
+    verify: bool = True
+    create_roles: bool = False  # drills: create the roles the source had, then keep owners
+    origin: str = "cli"
+
+
+@dataclass(frozen=True)
+class ConfirmationNeeded:
+    """What the face shows the operator before anything is changed."""
+
+    target: Target
+    backup: str
+    typed_name_required: bool
+    reason: str  # why typing is required, or ""
+
+
+# Returns the operator's answer: the typed name, or "yes".
+Ask = Callable[[ConfirmationNeeded], Awaitable[str | None]]
+
+
+@dataclass
+class RestoreResult:
+    backup: str
+    target: Target
+    safety_backup: str | None
+    safety_note: str
+    seconds: float
+    restore_seconds: float
+    filtered: list[str] = field(default_factory=list)
+    verify: VerifyReport | None = None
+    undo_command: str | None = None
+
+
+def default_jobs() -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_JOBS))
+
+
+# -- choosing the backup -----------------------------------------------------------------------
+
+
+def resolve_backup(settings: Settings, spec: str) -> BackupEntry:
+    """`latest`, a path to an archive, or a backup's name as `list` shows it."""
+    if spec == "latest":
+        for entry in list_backups(settings.backup_dir):
+            if not entry.complete or entry.kind == "emergency":
+                continue  # never a partial one, and never a safety copy of a bad state
+            if sha256_matches(entry):
+                return entry
+        raise OperationFailed(
+            f"no complete backup with a matching checksum in {settings.backup_dir}.",
+            "Check `pgrunbook list --verify`, or name a backup explicitly.",
+        )
+    path = Path(spec).expanduser()
+    if "/" in spec or spec.endswith(ARCHIVE_SUFFIX):
+        if not path.exists():
+            raise ConfigError(f"no backup file at {spec}.", "Check the path (pgrunbook list).")
+        return load_entry(path.resolve())
+    candidate = settings.backup_dir / f"{spec}{ARCHIVE_SUFFIX}"
+    if not candidate.exists() and not (settings.backup_dir / f"{spec}{ARCHIVE_SUFFIX}.meta").exists():
+        raise ConfigError(f"no backup named {spec!r} in {settings.backup_dir}.",
+                          "Run `pgrunbook list` to see the names.")
+    return load_entry(candidate)
+
+
+def sha256_matches(entry: BackupEntry, emit: Emit = ignore) -> bool:
+    if entry.sha256 is None:
+        return False
+    digest = hashlib.sha256()
+    started = time.monotonic()
+    done, last = 0, 0.0
+    with entry.path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            now = time.monotonic()
+            if now - last > 0.25:
+                last = now
+                emit(Progress("checksum", done, entry.size_bytes, now - started))
+    return digest.hexdigest() == entry.sha256
+
+
+def check_archive(settings: Settings, entry: BackupEntry, emit: Emit) -> tuple[PgTool, Toc]:
+    """Steps 1 and 2: checksum, readable table of contents, a pg_restore new enough."""
+    if entry.meta is None or "archive missing" in entry.problems:
+        raise OperationFailed(
+            f"backup {entry.name} cannot be restored: {'; '.join(entry.problems)}.",
+            "A backup without complete metadata has no checksum to trust; choose another.",
+        )
+    emit(PhaseStarted("checksum", f"{entry.name} ({entry.size_bytes or 0:,} bytes)"))
+    if not sha256_matches(entry, emit):
+        raise OperationFailed(
+            f"backup {entry.name} is damaged: its SHA-256 does not match its metadata.",
+            "Nothing was changed. Use another backup (pgrunbook list --verify).",
+        )
+    dumped_by = str(entry.meta.get("pg_dump_version", "0"))
+    need = int(dumped_by.split(".")[0] or 0)
+    pg_restore = find_tool("pg_restore", settings, need,
+                           f"the archive {entry.name} (made by pg_dump {dumped_by})")
+    emit(PhaseStarted("reading archive", f"pg_restore {pg_restore.version} --list"))
+    toc = read_toc(entry.path, pg_restore.path)
+    return pg_restore, toc
+
+
+# -- the target --------------------------------------------------------------------------------
+
+
+def _user_tables(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        """SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'p', 'm')
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg\\_toast%'
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                             AND d.objid = c.oid AND d.deptype = 'e')"""
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _other_sessions(conn: psycopg.Connection[Any], dbname: str) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        """SELECT pid, usename, application_name, client_addr::text, state,
+                  date_trunc('second', now() - coalesce(xact_start, backend_start))::text
+           FROM pg_stat_activity
+           WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+           ORDER BY backend_start""",
+        [dbname],
+    ).fetchall()
+
+
+def _describe_sessions(rows: list[tuple[Any, ...]]) -> str:
+    return "; ".join(
+        f"pid {r[0]} {r[1]} ({r[2] or 'no application name'}) from {r[3] or 'local socket'}, "
+        f"{r[4] or '?'} for {r[5]}" for r in rows[:5]
+    ) + (f"; and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+def _owners_flags(request: RestoreRequest, target: Target) -> list[str]:
+    drop = request.owners == "drop" or (request.owners == "auto" and not target.production)
+    if request.create_roles:
+        drop = False
+    return ["--no-owner", "--no-privileges"] if drop else []
+
+
+def _toc_schema(entry: TocEntry) -> tuple[str, str]:
+    """(schema, name) of an entry, as far as pg_restore's text shows them."""
+    rest = entry.text[len(entry.desc):].strip().split(" ")
+    schema = rest[0] if rest else "-"
+    name = rest[1] if len(rest) > 1 else ""
+    return schema, name
+
+
+def filter_entries(toc: Toc, *, superuser: bool, app_schemas_only: bool) -> list[TocEntry]:
+    """Entries the target cannot accept, to be left out with a --use-list file (and reported)."""
+    skipped = []
+    for e in toc.entries:
+        schema, name = _toc_schema(e)
+        extension_comment = e.desc == "COMMENT" and e.text.startswith("COMMENT - EXTENSION")
+        superuser_only = e.desc == "EVENT TRIGGER" or extension_comment
+        managed = (schema in SUPABASE_MANAGED_SCHEMAS
+                   or (e.desc == "SCHEMA" and name in SUPABASE_MANAGED_SCHEMAS)
+                   or e.desc == "EXTENSION" or extension_comment)
+        if (not superuser and superuser_only) or (app_schemas_only and managed):
+            skipped.append(e)
+    return skipped
+
+
+_ITEM_RE = re.compile(r"^pg_restore: (creating|processing data for table|executing|finished item)")
+
+
+def explain_restore_errors(errors: list[str]) -> str:
+    text = "\n".join(errors)
+    m = re.search(r'role "([^"]+)" does not exist', text)
+    if m:
+        return (f"The archive names role {m.group(1)!r}, which the target lacks: restore with "
+                "--owners drop, or create the role first.")
+    if "must be owner of" in text or "must be able to SET ROLE" in text:
+        return ("The target user may not take over these objects: restore with --owners drop, "
+                "or restore as the objects' owner.")
+    if "lock timeout" in text:
+        return ("Another session held a lock: end the application's sessions "
+                "(--terminate-connections) or retry with a longer --lock-timeout.")
+    if "already exists" in text or "multiple primary keys" in text:
+        return ("Objects outside the archive's clean-up already exist: restore Supabase projects "
+                "with --app-schemas-only, or into an empty database.")
+    if "No space left on device" in text or "could not extend file" in text:
+        return "The database server ran out of disk space: free space on it, then retry."
+    if 'unrecognized configuration parameter "transaction_timeout"' in text:
+        return "The archive came from pg_dump 17+ and the server is older: restore into 17+."
+    if "permission denied" in text:
+        return "The target user lacks a privilege the archive needs: restore as the owner."
+    if "event trigger" in text.lower() and "superuser" in text:
+        return "Event triggers need a superuser: they are filtered out for non-superusers."
+    return "See the error lines above; the full output is in the operation's log."
+
+
+# -- the restore -------------------------------------------------------------------------------
+
+
+async def run_restore(
+    settings: Settings,
+    request: RestoreRequest,
+    emit: Emit = ignore,
+    *,
+    ask: Ask | None = None,
+    audit: AuditLog | None = None,
+) -> RestoreResult:
+    target = settings.target
+    audit = audit or AuditLog(settings.backup_dir, secrets_of(settings))
+    record = audit.start(
+        "restore", target=target.public(),
+        arguments={"backup": request.backup, "jobs": request.jobs, "owners": request.owners,
+                   "safety_backup": request.safety_backup,
+                   "terminate_connections": request.terminate_connections,
+                   "app_schemas_only": request.app_schemas_only},
+        reason=request.reason, origin=request.origin,
+    )
+    state: dict[str, Any] = {}
+    try:
+        result = await _run_restore(settings, request, emit, ask, state)
+    except asyncio.CancelledError:
+        safety = state.get("safety")
+        if state.get("restoring"):
+            undo = f" Undo with: {undo_command(target, safety)}" if safety else ""
+            emit(Notice("warning", f"restore interrupted: pg_restore was stopped and "
+                                   f"{target.name!r} may be partly restored.{undo}"))
+        record.finish("interrupted", "interrupted by the operator", backup=state.get("backup"),
+                      safety_backup=safety)
+        raise
+    except PgRunbookError as exc:
+        record.finish("failed", str(exc), backup=state.get("backup"),
+                      safety_backup=state.get("safety"))
+        raise
+    except BaseException as exc:
+        record.finish("failed", f"{exc.__class__.__name__}: {exc}", backup=state.get("backup"))
+        raise
+    verdict = "ok" if result.verify is None or result.verify.passed else "verify-failed"
+    record.finish(verdict, None if verdict == "ok" else "row counts differ after the restore",
+                  backup=result.backup, safety_backup=result.safety_backup,
+                  safety_note=result.safety_note, filtered=result.filtered,
+                  restore_seconds=round(result.restore_seconds, 3))
+    return result
+
+
+def undo_command(target: Target, safety: str) -> str:
+    return (f"pgrunbook --target {target.name} restore {safety} "
+            f"--reason 'undo restore' --confirm {target.dbname}")
+
+
+async def _run_restore(settings: Settings, request: RestoreRequest, emit: Emit,
+                       ask: Ask | None, state: dict[str, Any]) -> RestoreResult:
+    started = time.monotonic()
+    target = settings.target
+    entry = resolve_backup(settings, request.backup)
+    state["backup"] = entry.name
+    pg_restore, toc = await asyncio.to_thread(check_archive, settings, entry, emit)
+    assert entry.meta is not None
+
+    # 3. The target answers.
+    emit(PhaseStarted("connecting", target.describe()))
+    missing_db = False
+    try:
+        conn = await asyncio.to_thread(connect, target, settings)
+    except OperationFailed as exc:
+        if "does not exist" not in exc.message or target.dbname == "postgres":
+            raise
+        missing_db = True
+        conn = await asyncio.to_thread(connect, target, settings, dbname="postgres")
+    try:
+        with target_lock_file(settings.backup_dir, target.name, "restore"):
+            take_advisory_lock(conn, target.name)
+            superuser_row = conn.execute(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+            superuser = bool(superuser_row and superuser_row[0])
+
+            # 4. The operator confirms.
+            await _confirm(target, entry.name, request, ask)
+
+            # 5. Other sessions.
+            if not missing_db:
+                await _handle_sessions(conn, target, request, emit)
+
+            # 6. The safety backup.
+            tables = 0 if missing_db else _user_tables(conn)
+            safety_name, safety_note = await _safety_backup(
+                settings, request, entry, tables, missing_db, emit)
+            state["safety"] = safety_name
+
+            if missing_db:
+                emit(Notice("info", f"database {target.dbname!r} does not exist: creating it."))
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
+            if request.create_roles and superuser:
+                _create_roles(conn, entry.meta.get("roles") or [])
+            if request.terminate_connections and not missing_db:
+                _terminate(conn, target.dbname)
+
+            skipped = filter_entries(toc, superuser=superuser,
+                                     app_schemas_only=request.app_schemas_only)
+            for e in skipped:
+                emit(Notice("warning", f"left out (the target cannot accept it): {e.text}"))
+            restore_started = time.monotonic()
+            state["restoring"] = True
+            await _pg_restore(settings, request, entry, toc, skipped, pg_restore, emit,
+                              safety_name)
+            restore_seconds = time.monotonic() - restore_started
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
+
+    report = None
+    if request.verify:
+        emit(PhaseStarted("verifying", "exact row counts against the backup's"))
+        report = await asyncio.to_thread(
+            verify_counts, settings, entry.meta, jobs=request.jobs or default_jobs(), emit=emit)
+    return RestoreResult(
+        backup=entry.name, target=target, safety_backup=safety_name, safety_note=safety_note,
+        seconds=time.monotonic() - started, restore_seconds=restore_seconds,
+        filtered=[e.text for e in skipped], verify=report,
+        undo_command=undo_command(target, safety_name) if safety_name else None,
+    )
+
+
+async def _confirm(target: Target, backup: str, request: RestoreRequest, ask: Ask | None) -> None:
+    typed_required = target.production or not request.safety_backup
+    why = ("it is a production target" if target.production
+           else "the safety backup is skipped" if not request.safety_backup else "")
+    if request.confirm_name is not None:
+        if request.confirm_name != target.dbname:
+            raise ConfigError(
+                f"--confirm {request.confirm_name!r} does not match the target's database "
+                f"name; nothing was changed.",
+                f"Type the database name of target {target.name!r} exactly.",
+            )
+        return
+    if request.confirmed and not typed_required:
+        return
+    if ask is None:
+        if typed_required:
+            raise ConfigError(
+                f"refusing to restore into {target.name!r} without its database name typed, "
+                f"because {why}; --yes alone is not enough.",
+                f"Add --confirm <database name> (target {target.name!r}, {target.host}).",
+            )
+        raise ConfigError(
+            f"restoring replaces the data in {target.name!r} ({target.describe()}): confirm it.",
+            "Add --yes, or run on a terminal to be asked.",
+        )
+    answer = await ask(ConfirmationNeeded(target, backup, typed_required, why))
+    if typed_required and answer != target.dbname:
+        raise OperationFailed("the typed name did not match; nothing was changed.")
+    if not typed_required and (answer or "").strip().lower() not in ("y", "yes"):
+        raise OperationFailed("not confirmed; nothing was changed.")
+
+
+async def _handle_sessions(conn: psycopg.Connection[Any], target: Target,
+                           request: RestoreRequest, emit: Emit) -> None:
+    sessions = _other_sessions(conn, target.dbname)
+    if not sessions:
+        return
+    listing = _describe_sessions(sessions)
+    if not request.terminate_connections:
+        raise OperationFailed(
+            f"{len(sessions)} other session(s) are connected to {target.dbname!r}: {listing}.",
+            "Put the application in maintenance mode and retry, or add "
+            "--terminate-connections to end them.",
+        )
+    emit(Notice("warning", f"ending {len(sessions)} session(s) on {target.dbname!r}: {listing}"))
+    _terminate(conn, target.dbname)
+
+
+def _terminate(conn: psycopg.Connection[Any], dbname: str) -> None:
+    try:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            " AND application_name <> 'pgrunbook'",
+            [dbname],
+        )
+    except psycopg.errors.InsufficientPrivilege:
+        raise OperationFailed(
+            "the target user may not end other sessions (needs pg_signal_backend).",
+            "Stop the application (maintenance mode) so its sessions close, then retry.",
+        ) from None
+
+
+def _create_roles(conn: psycopg.Connection[Any], roles: list[str]) -> None:
+    existing = {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+    for role in roles:
+        if role not in existing:
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+
+
+async def _safety_backup(settings: Settings, request: RestoreRequest, entry: BackupEntry,
+                         tables: int, missing_db: bool, emit: Emit) -> tuple[str | None, str]:
+    target = settings.target
+    if missing_db:
+        note = f"database {target.dbname!r} does not exist yet: no safety backup needed."
+        emit(Notice("info", note))
+        return None, note
+    if tables == 0:
+        note = f"database {target.dbname!r} holds no tables: no safety backup needed."
+        emit(Notice("info", note))
+        return None, note
+    if not request.safety_backup:
+        note = "safety backup skipped by the operator (--no-safety-backup, confirmed)."
+        emit(Notice("warning", note))
+        return None, note
+    emit(PhaseStarted("safety backup", f"of {target.name}'s current state"))
+    try:
+        safety = await run_backup(settings, BackupRequest(
+            label="emergency_pre_rollback", kind="emergency",
+            reason=f"safety backup before restoring {entry.name}"
+                   + (f": {request.reason}" if request.reason else ""),
+            origin=request.origin,
+        ), emit)
+    except PgRunbookError as exc:
+        raise OperationFailed(
+            f"the safety backup failed, so the restore did not start: {exc.message}",
+            exc.hint,
+        ) from None
+    check = load_entry(safety.path)
+    if not (check.complete and await asyncio.to_thread(sha256_matches, check)):
+        raise OperationFailed(
+            f"the safety backup {safety.name} did not verify, so the restore did not start.",
+            "Check the backup disk, then retry.",
+        )
+    note = f"safety backup {safety.name} taken and verified."
+    emit(Notice("info", note))
+    return safety.name, note
+
+
+async def _pg_restore(settings: Settings, request: RestoreRequest, entry: BackupEntry, toc: Toc,
+                      skipped: list[TocEntry], pg_restore: PgTool, emit: Emit,
+                      safety: str | None) -> None:
+    target = settings.target
+    jobs = request.jobs or default_jobs()
+    work: list[Path] = []
+    archive = entry.path
+    try:
+        if container_of(entry.path) == "zstd":
+            if shutil.which("zstd") is None:
+                raise OperationFailed(f"{entry.name} is zstd-compressed and zstd is not installed.",
+                                      "Install it: apt install zstd.")
+            archive = temp_path_for(settings.backup_dir / f"{entry.name}.restore")
+            work.append(archive)
+            emit(PhaseStarted("decompressing", "to a seekable file for parallel pg_restore"))
+            proc = await asyncio.create_subprocess_exec(
+                "zstd", "-dq", "-o", str(archive), str(entry.path),
+                stderr=asyncio.subprocess.PIPE, process_group=0)
+            try:
+                _, err = await proc.communicate()
+            except asyncio.CancelledError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                await proc.wait()
+                raise
+            if proc.returncode != 0:
+                raise OperationFailed(
+                    f"could not decompress {entry.name}: {err.decode(errors='replace').strip()}",
+                    f"Check free space in {settings.backup_dir}.",
+                )
+            os.chmod(archive, 0o600)
+        argv = [str(pg_restore.path), "--verbose", "--clean", "--if-exists", "--no-password",
+                f"--jobs={jobs}", f"--dbname={target.dbname}", *_owners_flags(request, target)]
+        if skipped:
+            listfile = temp_path_for(settings.backup_dir / f"{entry.name}.list")
+            work.append(listfile)
+            skip = {e.dump_id for e in skipped}
+            lines = [(";" if e.dump_id in skip else "") + e.line for e in toc.entries]
+            fd = os.open(listfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            argv.append(f"--use-list={listfile}")
+        argv.append(str(archive))
+        total = len(toc.entries) - len(skipped)
+        emit(PhaseStarted("restoring", f"pg_restore {pg_restore.version}, {jobs} jobs, "
+                                       f"{total} items"))
+        with libpq_env(target, settings) as env:
+            env["PGOPTIONS"] = (env.get("PGOPTIONS", "") +
+                                f" -c lock_timeout={request.lock_timeout}").strip()
+            await _run_pg_restore(argv, env, total, emit, entry, target, safety)
+    finally:
+        for path in work:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+async def _run_pg_restore(argv: list[str], env: dict[str, str], total: int, emit: Emit,
+                          entry: BackupEntry, target: Target, safety: str | None) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        stdin=asyncio.subprocess.DEVNULL, process_group=0)
+    errors: deque[str] = deque(maxlen=50)
+    error_count = 0
+    done = 0
+    started = time.monotonic()
+    last = 0.0
+    finished = False
+    try:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            is_error = "error:" in line or line.startswith(("ERROR", "FATAL")) \
+                or "errors ignored on restore" in line
+            if is_error:
+                error_count += 1
+                errors.append(line)
+            emit(RestoreLine(line, is_error))
+            if _ITEM_RE.match(line):
+                done = min(done + 1, total)
+            now = time.monotonic()
+            if now - last > 0.2:
+                last = now
+                emit(Progress("restore", done, total, now - started, unit="items"))
+        code = await proc.wait()
+        finished = True
+    finally:
+        if not finished:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+    emit(Progress("restore", total if code == 0 else done, total, time.monotonic() - started,
+                  unit="items"))
+    if code != 0 or error_count:
+        undo = f" Undo with: {undo_command(target, safety)}" if safety else ""
+        shown = [ln for ln in errors if "errors ignored" not in ln][:3]
+        raise OperationFailed(
+            f"the restore of {entry.name} FAILED (pg_restore exit {code}, "
+            f"{error_count} error line(s)): " + " | ".join(shown or list(errors)[:1]),
+            explain_restore_errors(list(errors)) + undo,
+            detail="\n".join(errors),
+        )
+
+
+def with_target(settings: Settings, target: Target) -> Settings:
+    return replace(settings, target=target)
+
