@@ -3,8 +3,8 @@
 
 A plain script, not a pytest test:
 
-    .venv/bin/python tests/bench/bench_backup.py [--scale N] [--keep-going] [--json OUT]
-                                                 [--diagnose | --no-diagnose]
+    .venv/bin/python tests/bench/bench_backup.py [--scale N] [--repeat N] [--keep-going]
+                                                 [--json OUT] [--diagnose | --no-diagnose]
 
 It starts a throwaway PostgreSQL (the engine's own `ThrowawayCluster`), loads `pgbench -i -s N`
 plus two jsonb tables sized in proportion to N (the default N gives a database of more than
@@ -14,7 +14,7 @@ plus two jsonb tables sized in proportion to N (the default N gives a database o
     sop    pg_dump -Fc -Z9 -f FILE               (the SOP's command)
     bare   pg_dump -Fc -Z0 | zstd -3 -q -c > FILE
     tool   pgrunbook --env-file ENV backup bench
-    (bare and tool run twice each, alternating: bare, tool, bare, tool)
+    (bare and tool run twice each, alternating: bare, tool, bare, tool; --repeat N for more)
 
 Each variant is timed with time.perf_counter (wall clock) from the first spawn to the last exit.
 Before each measured variant the script runs sync(2), so that write-back of the previous
@@ -729,6 +729,26 @@ def print_diagnostics(diag: list[Result], tool_results: list[Result],
                 and r.key.startswith(("bare", "relay"))):
             delta = f" ({r.seconds - bare_best.seconds:+.2f} s vs best bare)"
         log(f"  {r.label:48} {r.seconds:7.2f} s{delta}{'; ' + extra if extra else ''}")
+    by_key = {r.key: r for r in diag if r.error is None and r.seconds is not None}
+    secs: dict[str, float] = {k: r.seconds for k, r in by_key.items() if r.seconds is not None}
+    tool_best = best(tool_results, "tool")
+    if tool_best and bare_best and tool_best.seconds and bare_best.seconds:
+        log(f"  tool - bare (best runs): {tool_best.seconds - bare_best.seconds:+.2f} s; "
+            "estimates of the parts (single runs, noisy):")
+        if "bare_fsync" in by_key:
+            bf = by_key["bare_fsync"]
+            log(f"    fsync of the archive            {bf.extra.get('fsync_seconds', 0.0):6.2f} s")
+            log(f"    TOC read-back                   "
+                f"{bf.extra.get('toc_readback_seconds', 0.0):6.2f} s")
+            if "relay" in by_key:
+                log(f"    Python relay (sha256 + write)   "
+                    f"{secs['relay'] - secs['bare_fsync']:+6.2f} s (relay - bare+fsync)")
+            if "bare_counts" in by_key:
+                log(f"    concurrent count(*)             "
+                    f"{secs['bare_counts'] - secs['bare_fsync']:+6.2f} s "
+                    "(bare+fsync+counts - bare+fsync)")
+        if "startup" in by_key:
+            log(f"    CLI start-up (--version)        {secs['startup']:6.2f} s")
     for t in tool_results:
         if t.error is None and t.extra.get("internal_duration_seconds") is not None:
             log(f"  {t.label}: wall {t.seconds:.2f} s, the tool's own duration_seconds "
@@ -743,6 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=DEFAULT_SCALE,
                         help=f"pgbench scale; the jsonb tables grow with it (default "
                              f"{DEFAULT_SCALE}, over 1 GB in total; try 5 for a quick check)")
+    parser.add_argument("--repeat", type=int, default=2, metavar="N",
+                        help="runs of bare and of pgrunbook, alternating (default 2)")
     parser.add_argument("--keep-going", action="store_true",
                         help="record a failing variant and run the rest instead of stopping")
     parser.add_argument("--json", metavar="OUT", help="also write all numbers to this file")
@@ -776,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           record=False)
             bench.measure("floor", "floor: pg_dump -Fc -Z0 > /dev/null", bench.floor)
             bench.measure("sop", "SOP: pg_dump -Fc -Z9 -f FILE", bench.sop)
-            for i in (1, 2):
+            for i in range(1, max(args.repeat, 1) + 1):
                 bench.measure(f"bare{i}", f"bare #{i}: pg_dump -Fc -Z0 | zstd -3",
                               bench.bare)
                 bench.measure(f"tool{i}", f"pgrunbook backup #{i}", bench.tool)

@@ -21,7 +21,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +356,10 @@ async def _run_restore(settings: Settings, request: RestoreRequest, emit: Emit,
 
             skipped = filter_entries(toc, superuser=superuser,
                                      app_schemas_only=request.app_schemas_only)
+            if not missing_db:
+                conn.execute(sql.SQL("SET lock_timeout = {}").format(
+                    sql.Literal(request.lock_timeout)))
+                await _blocking(conn, _replace_schemas, conn, toc, skipped, emit)
             for e in skipped:
                 emit(Notice("warning", f"left out (the target cannot accept it): {e.text}"))
             restore_started = time.monotonic()
@@ -442,6 +445,77 @@ def _terminate(conn: psycopg.Connection[Any], dbname: str) -> None:
             "the target user may not end other sessions (needs pg_signal_backend).",
             "Stop the application (maintenance mode) so its sessions close, then retry.",
         ) from None
+
+
+async def _blocking(conn: psycopg.Connection[Any], fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a blocking database call in a thread; cancelling cancels the server-side query."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            conn.cancel_safe()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+
+
+def _replace_schemas(conn: psycopg.Connection[Any], toc: Toc, skipped: list[TocEntry],
+                     emit: Emit) -> list[str]:
+    """Empty the schemas the archive restores, so the target ends up exactly as the backup.
+
+    `pg_restore --clean` alone drops only what the archive holds: objects created since (a view
+    on a restored table, say) make its DROPs fail, and partitions' inherited keys cannot be
+    dropped at all. The safety backup taken just before holds everything dropped here.
+    """
+    skip = {e.dump_id for e in skipped}
+    schemas = set()
+    for e in toc.entries:
+        if e.dump_id in skip:
+            continue
+        schema, name = _toc_schema(e)
+        if e.desc == "SCHEMA":
+            schemas.add(name)
+        elif schema not in ("-", ""):
+            schemas.add(schema)
+    existing = {str(r[0]) for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
+    todo = sorted((schemas & existing) - {"pg_catalog", "information_schema"})
+    if not todo:
+        return []
+    try:
+        with conn.transaction():
+            for schema in todo:
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+                if schema == "public":  # pg_dump leaves `public` for initdb to create
+                    _recreate_public(conn)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise OperationFailed(
+            f"the target user may not replace the schemas the backup restores: {exc}; "
+            "nothing was changed.",
+            "Restore as the schemas' owner, or with --app-schemas-only on Supabase.",
+        ) from None
+    except psycopg.errors.LockNotAvailable:
+        raise OperationFailed(
+            "another session holds a lock on the target's tables (lock timeout); "
+            "nothing was changed.",
+            "End the application's sessions (--terminate-connections, maintenance mode) or "
+            "retry with a longer --lock-timeout.",
+        ) from None
+    emit(Notice("info", f"emptied the schemas the backup restores: {', '.join(todo)}"))
+    return todo
+
+
+def _recreate_public(conn: psycopg.Connection[Any]) -> None:
+    """`public` as initdb makes it; the archive then applies only its differences."""
+    row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    version = int(row[0]) if row else 0
+    if version >= 150000:
+        conn.execute("CREATE SCHEMA public AUTHORIZATION pg_database_owner")
+        conn.execute("GRANT USAGE ON SCHEMA public TO PUBLIC")
+    else:
+        conn.execute("CREATE SCHEMA public")
+        conn.execute("GRANT USAGE, CREATE ON SCHEMA public TO PUBLIC")
+    conn.execute("COMMENT ON SCHEMA public IS 'standard public schema'")
 
 
 def _create_roles(conn: psycopg.Connection[Any], roles: list[str]) -> None:

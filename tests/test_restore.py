@@ -1,0 +1,354 @@
+"""`pgrunbook restore`, `verify` and `drill` against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server, Workspace, clean_env
+from tests.test_backup import _wait_for
+from tui.core.locks import ADVISORY_CLASS, target_lock_file
+
+
+def _backup(ws: Workspace, *args: str) -> dict:
+    out = ws.run("backup", *args, "--json", check=True).stdout
+    name = json.loads(out)["name"]
+    return json.loads((ws.backup_dir / f"{name}.backup.meta").read_text())
+
+
+def _counts(server: Server, dbname: str, meta: dict) -> dict:
+    return server.counts(dbname, [(t["schema"], t["name"]) for t in meta["tables"]])
+
+
+def _expected(meta: dict) -> dict:
+    return {(t["schema"], t["name"]): t["rows"] for t in meta["tables"]}
+
+
+def _schema(server: Server, dbname: str) -> str:
+    env = {**clean_env(), "PGPASSWORD": server.password}
+    out = subprocess.run(
+        [str(server.bindir / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges",
+         "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", dbname],
+        capture_output=True, text=True, env=env, check=True).stdout
+    return "\n".join(ln for ln in out.splitlines()
+                     if ln.strip() and not ln.startswith(("--", "\\restrict", "\\unrestrict")))
+
+
+def _damage(server: Server, dbname: str, sql_text: str) -> None:
+    with server.connect(dbname) as conn:
+        conn.execute(sql_text)
+
+
+DAMAGE = {
+    "pagila": "DELETE FROM public.film_actor WHERE actor_id % 3 = 0; DROP TABLE public.film_category CASCADE",
+    "supabase": "DELETE FROM public.transactions WHERE id % 5 = 0; DROP TABLE public.budgets",
+}
+
+
+@pytest.mark.parametrize("fixture", ["pagila", "supabase"])
+def test_restore_latest_after_damage_brings_back_exact_counts_and_schema(
+    fixture: str, server: Server, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    dbname = request.getfixturevalue(f"{fixture}_db")
+    ws = Workspace(tmp_path, server, dbname)
+    ws.write_env()
+    meta = _backup(ws, "--reason", "before damage")
+    schema_before = _schema(server, dbname)
+    _damage(server, dbname, DAMAGE[fixture])
+    damaged = _counts(server, dbname, {"tables": [t for t in meta["tables"]
+                                                  if t["name"] not in ("film_category",
+                                                                       "budgets")]})
+    proc = ws.run("restore", "latest", "--yes", "--reason", "test: damage")
+    assert proc.returncode == 0, proc.stderr
+    assert "VERIFICATION PASS" in proc.stdout and "To undo this restore" in proc.stdout
+    assert _counts(server, dbname, meta) == _expected(meta)
+    schema_after = _schema(server, dbname)
+    diff = "\n".join(difflib.unified_diff(schema_before.splitlines(), schema_after.splitlines(),
+                                          lineterm="", n=1))
+    assert schema_after == schema_before, diff[:3000]
+
+    # The safety backup holds the damaged state, and restoring it brings that state back.
+    listing = json.loads(ws.run("list", "--json", check=True).stdout)
+    safety = [e for e in listing if e["kind"] == "emergency"]
+    assert len(safety) == 1 and safety[0]["name"].endswith("_emergency_pre_rollback")
+    assert safety[0]["problems"] == []
+    undo = ws.run("restore", safety[0]["name"], "--yes", check=True)
+    assert "VERIFICATION PASS" in undo.stdout
+    assert _counts(server, dbname, {"tables": [t for t in meta["tables"]
+                                               if t["name"] not in ("film_category",
+                                                                    "budgets")]}) == damaged
+    # `latest` never means a safety copy of a bad state.
+    again = ws.run("restore", "latest", "--yes", "--json", check=True)
+    assert json.loads(again.stdout)["backup"] == meta["name"]
+
+    audit = [json.loads(line) for line in (ws.backup_dir / "audit.log").read_text().splitlines()]
+    ends = [e for e in audit if e["operation"] == "restore" and e["event"] == "end"]
+    assert ends[0]["result"] == "ok" and ends[0]["reason"] == "test: damage"
+    assert ends[0]["safety_backup"].endswith("_emergency_pre_rollback")
+
+
+def _flip(path: Path, offset: int = 300) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("damage", ["bit-flip", "truncate"])
+def test_a_damaged_archive_is_refused_before_the_target_is_touched(
+    damage: str, workspace: Workspace, server: Server
+) -> None:
+    meta = _backup(workspace)
+    archive = workspace.backup_dir / meta["archive"]["file"]
+    if damage == "bit-flip":
+        _flip(archive)
+    else:
+        with archive.open("r+b") as f:
+            f.truncate(archive.stat().st_size // 2)
+    _damage(server, workspace.dbname, "DELETE FROM public.film_actor WHERE actor_id > 100")
+    before = _counts(server, workspace.dbname, meta)
+    proc = workspace.run("restore", meta["name"], "--yes")
+    assert proc.returncode == 1
+    assert "damaged" in proc.stderr and "Nothing was changed" in proc.stderr
+    assert _counts(server, workspace.dbname, meta) == before
+    assert [p.name for p in workspace.backup_dir.glob("*emergency*")] == []
+
+
+def _rewrite_meta(ws: Workspace, meta: dict, archive: Path) -> None:
+    meta["archive"]["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
+    meta["archive"]["size_bytes"] = archive.stat().st_size
+    (archive.parent / (archive.name + ".meta")).write_text(json.dumps(meta))
+
+
+def test_an_archive_from_a_newer_pg_dump_is_refused(workspace: Workspace) -> None:
+    meta = _backup(workspace, "--compress", "gzip:1")
+    archive = workspace.backup_dir / meta["archive"]["file"]
+    # A pg_dump 16 archive, as far as this machine can make one: format 1.15 in the header.
+    data = bytearray(archive.read_bytes())
+    assert data[:5] == b"PGDMP" and (data[5], data[6]) == (1, 14)
+    data[6] = 15
+    archive.write_bytes(bytes(data))
+    _rewrite_meta(workspace, meta, archive)
+    proc = workspace.run("restore", meta["name"], "--yes")
+    assert proc.returncode == 1 and "newer pg_dump" in proc.stderr and "1.15" in proc.stderr
+    meta["pg_dump_version"] = "16.4"
+    _rewrite_meta(workspace, meta, archive)
+    proc = workspace.run("restore", meta["name"], "--yes")
+    assert proc.returncode == 2
+    assert "PostgreSQL 16" in proc.stderr and "postgresql-client-16" in proc.stderr
+
+
+def test_a_restore_that_fails_part_way_is_a_failure(workspace: Workspace, server: Server) -> None:
+    with server.connect(workspace.dbname) as conn:
+        conn.execute("CREATE ROLE ghost NOLOGIN")
+        conn.execute("CREATE TABLE public.ghost_t (id int); ALTER TABLE public.ghost_t OWNER TO ghost")
+    try:
+        meta = _backup(workspace)
+        with server.connect(workspace.dbname) as conn:
+            conn.execute("DROP TABLE public.ghost_t")
+            conn.execute("DROP ROLE ghost")
+        proc = workspace.run("restore", meta["name"], "--yes", "--owners", "keep")
+    finally:
+        with server.connect(workspace.dbname) as conn:
+            conn.execute("DROP TABLE IF EXISTS public.ghost_t")
+        with server.connect() as conn:
+            conn.execute("DROP ROLE IF EXISTS ghost")
+    assert proc.returncode == 1, proc.stdout
+    assert "FAILED" in proc.stderr and 'role "ghost" does not exist' in proc.stderr
+    assert "--owners drop" in proc.stderr and "Undo with: pgrunbook" in proc.stderr
+    assert "VERIFICATION PASS" not in proc.stdout
+
+
+def test_production_needs_the_typed_database_name(workspace: Workspace, server: Server) -> None:
+    workspace.write_env(PGRUNBOOK_PRODUCTION_TARGETS="testdb")
+    meta = _backup(workspace)
+    proc = workspace.run("restore", "latest", "--yes")
+    assert proc.returncode == 2 and "--yes alone is not enough" in proc.stderr
+    proc = workspace.run("restore", "latest", "--confirm", "wrong_db")
+    assert proc.returncode == 2 and "does not match" in proc.stderr
+    assert not list(workspace.backup_dir.glob("*emergency*"))
+    proc = workspace.run("restore", "latest", "--confirm", workspace.dbname)
+    assert proc.returncode == 0, proc.stderr
+    assert _counts(server, workspace.dbname, meta) == _expected(meta)
+
+
+def test_a_second_restore_on_the_same_target_is_refused(workspace: Workspace,
+                                                        server: Server) -> None:
+    _backup(workspace)
+    with target_lock_file(workspace.backup_dir, "testdb", "restore"):
+        proc = workspace.run("restore", "latest", "--yes")
+    assert proc.returncode == 1 and "another restore on target 'testdb' is running" in proc.stderr
+    assert "pid" in proc.stderr
+    # Another host's restore is seen through the advisory lock on the database itself.
+    with server.connect(workspace.dbname) as holder:
+        holder.execute("SET application_name = 'pgrunbook-elsewhere'")
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext(current_database()))",
+                       [ADVISORY_CLASS])
+        proc = workspace.run("restore", "latest", "--yes", "--terminate-connections")
+    assert proc.returncode == 1 and "holds its lock" in proc.stderr
+    assert "pgrunbook-elsewhere" in proc.stderr
+
+
+def test_sessions_on_the_target_are_listed_and_ended_only_when_asked(
+    workspace: Workspace, server: Server
+) -> None:
+    meta = _backup(workspace)
+    app = server.connect(workspace.dbname)
+    app.execute("SET application_name = 'the-app'")
+    try:
+        proc = workspace.run("restore", "latest", "--yes")
+        assert proc.returncode == 1 and "the-app" in proc.stderr
+        assert "--terminate-connections" in proc.stderr
+        proc = workspace.run("restore", "latest", "--yes", "--terminate-connections")
+        assert proc.returncode == 0, proc.stderr
+        assert _counts(server, workspace.dbname, meta) == _expected(meta)
+        assert app.closed or app.broken or _is_dead(app)
+    finally:
+        app.close()
+
+
+def _is_dead(conn) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        conn.execute("SELECT 1")
+    except Exception:
+        return True
+    return False
+
+
+def test_a_lock_held_by_the_application_times_out_clearly(workspace: Workspace,
+                                                          server: Server) -> None:
+    _backup(workspace)
+    locker = server.connect(workspace.dbname, autocommit=False)
+    locker.execute("SET application_name = 'pgrunbook'")  # survives --terminate-connections
+    locker.execute("LOCK TABLE public.rental IN ACCESS EXCLUSIVE MODE")
+    try:
+        proc = workspace.run("restore", "latest", "--yes", "--terminate-connections",
+                             "--lock-timeout", "500ms")
+    finally:
+        locker.close()
+    assert proc.returncode == 1
+    assert "lock timeout" in proc.stderr and "nothing was changed" in proc.stderr
+    assert "--lock-timeout" in proc.stderr
+
+
+def test_ctrl_c_stops_pg_restore_and_points_at_the_safety_backup(workspace: Workspace,
+                                                                 server: Server) -> None:
+    _backup(workspace)
+    # An event trigger (outside the archive's schemas) makes pg_restore's first CREATE TABLE
+    # wait for an advisory lock the test holds: pg_restore is running, and stays there.
+    with server.connect(workspace.dbname) as conn:
+        conn.execute("""CREATE SCHEMA blocker;
+            CREATE FUNCTION blocker.wait() RETURNS event_trigger LANGUAGE plpgsql AS
+            $$ BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); END $$;
+            CREATE EVENT TRIGGER blocker ON ddl_command_start WHEN TAG IN ('CREATE TABLE')
+            EXECUTE FUNCTION blocker.wait();""")
+    holder = server.connect()
+    holder.execute("SELECT pg_advisory_lock(4242)")
+    proc = subprocess.Popen(workspace.cli_argv("restore", "latest", "--yes"),
+                            cwd=workspace.path, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def restoring() -> bool:
+            with server.connect() as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
+                    "wait_event = 'advisory'", [workspace.dbname]).fetchone()
+                return bool(row[0])
+
+        _wait_for(restoring, "pg_restore to wait on the advisory lock")
+        restore_pids = [int(p) for p in _pids_of("pg_restore")]
+        assert restore_pids
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        holder.close()
+    assert proc.returncode == 130
+    assert "restore interrupted" in err and "Undo with: pgrunbook" in err
+    assert "emergency_pre_rollback" in err and "Traceback" not in err
+    for pid in restore_pids:
+        assert not Path(f"/proc/{pid}").exists(), "pg_restore outlived the interrupt"
+    audit = [json.loads(x) for x in (workspace.backup_dir / "audit.log").read_text().splitlines()]
+    assert audit[-1]["result"] == "interrupted" and audit[-1]["safety_backup"]
+
+
+def _pids_of(name: str) -> list[str]:
+    pids = []
+    for pid in Path("/proc").iterdir():
+        if pid.name.isdigit():
+            try:
+                argv0 = (pid / "cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if argv0.endswith(name.encode()):
+                pids.append(pid.name)
+    return pids
+
+
+def test_verify_names_the_tables_that_differ(workspace: Workspace, server: Server) -> None:
+    meta = _backup(workspace)
+    ok = workspace.run("verify", meta["name"])
+    assert ok.returncode == 0 and "VERIFICATION PASS" in ok.stdout
+    _damage(server, workspace.dbname, "DELETE FROM public.film_actor WHERE actor_id = 1;"
+                                      " DROP TABLE public.film_category CASCADE")
+    proc = workspace.run("verify", meta["name"], "--json")
+    assert proc.returncode == 3
+    report = json.loads(proc.stdout)
+    assert report["result"] == "FAIL"
+    bad = {t["table"]: t for t in report["tables"] if t["status"] != "ok"}
+    assert set(bad) == {"film_actor", "film_category"}
+    assert bad["film_actor"]["difference"] == -19 and bad["film_category"]["actual"] is None
+    assert report["tables"][0]["status"] != "ok"  # mismatches first
+    text = workspace.run("verify", meta["name"]).stdout
+    assert "VERIFICATION FAIL: 2 of" in text and "public.film_actor" in text
+
+
+def test_verify_without_a_backup_uses_the_one_last_restored(workspace: Workspace) -> None:
+    meta = _backup(workspace)
+    workspace.run("restore", meta["name"], "--yes", check=True)
+    proc = workspace.run("verify", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["backup"] == meta["name"]
+
+
+@pytest.mark.parametrize("fixture", ["pagila", "supabase"])
+def test_drill_passes_writes_a_report_and_updates_the_metadata(
+    fixture: str, server: Server, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    dbname = request.getfixturevalue(f"{fixture}_db")
+    ws = Workspace(tmp_path, server, dbname)
+    ws.write_env()
+    meta = _backup(ws)
+    proc = ws.run("drill", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["result"] == "PASS" and result["backup"] == meta["name"]
+    assert result["restored_into"].startswith("throwaway PostgreSQL 15")
+    report = Path(result["report"])
+    text = report.read_text()
+    assert "PASS" in text and meta["name"] in text and "| table | expected" in text
+    updated = json.loads((ws.backup_dir / f"{meta['name']}.backup.meta").read_text())
+    assert updated["drill"]["result"] == "PASS" and updated["drill"]["restore_seconds"] > 0
+    assert updated["archive"] == meta["archive"]
+    listing = ws.run("list", check=True).stdout
+    assert "PASS" in listing and "DRILL" in listing
+    # The real target was not touched: no safety backup, nothing restored there.
+    assert not list(ws.backup_dir.glob("*emergency*"))
+
+
+def test_drill_on_a_target_uses_a_scratch_database(workspace: Workspace, server: Server) -> None:
+    _backup(workspace)
+    proc = workspace.run("drill", "--target", "testdb", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["result"] == "PASS" and "scratch database pgrunbook_drill_" in \
+        result["restored_into"]
+    with server.connect() as conn:
+        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE "
+                            "'pgrunbook_drill_%'").fetchone()
+    assert left[0] == 0
