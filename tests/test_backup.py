@@ -10,6 +10,7 @@ import resource
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -159,6 +160,10 @@ def test_the_password_never_appears_in_argv_output_or_audit(workspace: Workspace
                 if secret in cmdline:
                     leaks.append(cmdline)
 
+    def passfile_dirs() -> set[Path]:
+        return {p for p in Path(tempfile.gettempdir()).glob("pgrunbook-*") if (p / "pgpass").exists()}
+
+    before = passfile_dirs()
     thread = threading.Thread(target=watch)
     thread.start()
     try:
@@ -175,7 +180,7 @@ def test_the_password_never_appears_in_argv_output_or_audit(workspace: Workspace
     for f in workspace.backup_dir.iterdir():
         assert secret not in f.read_bytes(), f
     # The temporary PGPASSFILE is gone.
-    assert not [p for p in Path("/tmp").glob("pgrunbook-*") if (p / "pgpass").exists()]
+    assert passfile_dirs() == before
 
 
 def test_a_pg_dump_older_than_the_server_is_refused(workspace: Workspace, tmp_path: Path) -> None:

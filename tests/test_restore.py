@@ -227,7 +227,8 @@ def test_a_lock_held_by_the_application_times_out_clearly(workspace: Workspace,
     _backup(workspace)
     locker = server.connect(workspace.dbname, autocommit=False)
     locker.execute("SET application_name = 'pgrunbook'")  # survives --terminate-connections
-    locker.execute("LOCK TABLE public.rental IN ACCESS EXCLUSIVE MODE")
+    # An application transaction that read a table: pg_dump may share it, DROP may not.
+    locker.execute("SELECT count(*) FROM public.rental")
     try:
         proc = workspace.run("restore", "latest", "--yes", "--terminate-connections",
                              "--lock-timeout", "500ms")
@@ -249,9 +250,11 @@ def test_ctrl_c_stops_pg_restore_and_points_at_the_safety_backup(workspace: Work
             $$ BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); END $$;
             CREATE EVENT TRIGGER blocker ON ddl_command_start WHEN TAG IN ('CREATE TABLE')
             EXECUTE FUNCTION blocker.wait();""")
-    holder = server.connect()
+    holder = server.connect(workspace.dbname)  # advisory locks belong to one database
+    holder.execute("SET application_name = 'pgrunbook'")  # survives --terminate-connections
     holder.execute("SELECT pg_advisory_lock(4242)")
-    proc = subprocess.Popen(workspace.cli_argv("restore", "latest", "--yes"),
+    proc = subprocess.Popen(workspace.cli_argv("restore", "latest", "--yes",
+                                               "--terminate-connections"),
                             cwd=workspace.path, env=clean_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -262,7 +265,11 @@ def test_ctrl_c_stops_pg_restore_and_points_at_the_safety_backup(workspace: Work
                     "wait_event = 'advisory'", [workspace.dbname]).fetchone()
                 return bool(row[0])
 
-        _wait_for(restoring, "pg_restore to wait on the advisory lock")
+        try:
+            _wait_for(restoring, "pg_restore to wait on the advisory lock", timeout=20)
+        except AssertionError:
+            proc.kill()
+            raise AssertionError(proc.communicate()[1]) from None
         restore_pids = [int(p) for p in _pids_of("pg_restore")]
         assert restore_pids
         proc.send_signal(signal.SIGINT)

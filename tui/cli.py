@@ -218,6 +218,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         label=args.name, kind=args.kind, reason=args.reason, compression=args.compress,
         exclude_schema=tuple(args.exclude_schema or ()),
         exclude_table_data=tuple(args.exclude_table_data or ()),
+        lock_wait_timeout=args.lock_wait_timeout,
     )
     _err(f"Backing up {settings.target.name} ({settings.target.describe()}) "
          f"to {settings.backup_dir}")
@@ -509,6 +510,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if demo.created or args.backup:
         cmd_backup(argparse.Namespace(
             name=None, kind="manual", reason="pgrunbook demo", compress=None,
+            lock_wait_timeout=None,
             exclude_schema=None, exclude_table_data=None, verbose=False, json=False), settings)
         _out()
     cmd_list(argparse.Namespace(json=False, verify=False), settings)
@@ -552,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave a schema out (repeatable)")
     p.add_argument("--exclude-table-data", action="append", metavar="PATTERN",
                    help="keep a table's definition but not its rows (repeatable)")
+    p.add_argument("--lock-wait-timeout", metavar="TIME",
+                   help="fail instead of waiting longer than TIME for a table lock (e.g. 5min)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_backup)
 

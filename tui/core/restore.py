@@ -546,7 +546,7 @@ async def _safety_backup(settings: Settings, request: RestoreRequest, entry: Bac
             label="emergency_pre_rollback", kind="emergency",
             reason=f"safety backup before restoring {entry.name}"
                    + (f": {request.reason}" if request.reason else ""),
-            origin=request.origin,
+            origin=request.origin, lock_wait_timeout=request.lock_timeout,
         ), emit)
     except PgRunbookError as exc:
         raise OperationFailed(
