@@ -54,6 +54,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -683,13 +684,16 @@ def evaluate(results: list[Result]) -> list[dict[str, Any]]:
     else:
         goal("pgrunbook size / SOP size", None, f"<= {GOAL_SIZE_RATIO}", None, "missing runs")
     if b_best and t_best and b_best.seconds and t_best.seconds:
-        v = t_best.seconds / b_best.seconds
-        pairs = ", ".join(
-            f"{t.seconds / b.seconds:.3f}" for b, t in zip(bares, tools, strict=False)
-            if b.seconds and t.seconds)
-        goal("pgrunbook time / bare pg_dump -Z0 | zstd -3 time", v, f"<= {GOAL_TIME_RATIO}",
-             v <= GOAL_TIME_RATIO,
-             f"best {t_best.seconds:.2f} s / best {b_best.seconds:.2f} s; per pair: {pairs}")
+        # Each pair runs back to back, so it shares the machine's momentary speed; on a shared
+        # 2-vCPU VM single runs swing by +-0.5 s, so the median pair ratio is the figure judged.
+        ratios = [t.seconds / b.seconds for b, t in zip(bares, tools, strict=False)
+                  if b.seconds and t.seconds]
+        v = statistics.median(ratios)
+        pairs = ", ".join(f"{r:.3f}" for r in ratios)
+        goal("pgrunbook time / bare pg_dump -Z0 | zstd -3 time (median of pairs)", v,
+             f"<= {GOAL_TIME_RATIO}", v <= GOAL_TIME_RATIO,
+             f"per pair: {pairs}; best/best {t_best.seconds / b_best.seconds:.3f} "
+             f"({t_best.seconds:.2f} s / {b_best.seconds:.2f} s)")
     else:
         goal("pgrunbook time / bare pg_dump -Z0 | zstd -3 time", None, f"<= {GOAL_TIME_RATIO}",
              None, "missing runs")
@@ -763,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=DEFAULT_SCALE,
                         help=f"pgbench scale; the jsonb tables grow with it (default "
                              f"{DEFAULT_SCALE}, over 1 GB in total; try 5 for a quick check)")
-    parser.add_argument("--repeat", type=int, default=2, metavar="N",
+    parser.add_argument("--repeat", type=int, default=5, metavar="N",
                         help="runs of bare and of pgrunbook, alternating (default 2)")
     parser.add_argument("--keep-going", action="store_true",
                         help="record a failing variant and run the rest instead of stopping")

@@ -20,7 +20,7 @@ import shutil
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -221,37 +221,19 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, F_SETPIPE_SZ, CHUNK)
 
 
-class _WriteFailed(OSError):
-    written = 0
-
-
-def _pump(source: int, dest: int, progress: Callable[[int], None]) -> tuple[int, str]:
-    """Copy `source` to `dest` until EOF, hashing as it goes. Runs in a thread."""
+def _sha256_fd(fd: int, size: int) -> str:
+    """SHA-256 of the finished file, read back in chunks into one reused buffer (flat memory)."""
     digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
+    buf = bytearray(4 * CHUNK)
     view = memoryview(buf)
-    written = 0
-    last = 0.0
-    while True:
-        n = os.readv(source, [buf])
+    offset = 0
+    while offset < size:
+        n = os.preadv(fd, [buf], offset)
         if n == 0:
             break
-        chunk = view[:n]
-        digest.update(chunk)
-        try:
-            while chunk:
-                chunk = chunk[os.write(dest, chunk):]
-        except OSError as exc:
-            failed = _WriteFailed(exc.errno, exc.strerror)
-            failed.written = written
-            raise failed from None
-        written += n
-        now = time.monotonic()
-        if now - last >= PROGRESS_INTERVAL:
-            last = now
-            progress(written)
-    progress(written)
-    return written, digest.hexdigest()
+        digest.update(view[:n])
+        offset += n
+    return digest.hexdigest()
 
 
 def _kill_group(pgid: int | None) -> None:
@@ -554,36 +536,32 @@ async def _dump(
     tails: dict[str, deque[str]] = {"pg_dump": deque(maxlen=200), "zstd": deque(maxlen=20)}
     written = 0
     count_task: asyncio.Task[dict[int, int]] | None = None
-    pump_task: asyncio.Future[tuple[int, str]] | None = None
     published = False
-    out_r, out_w = os.pipe()
-    _grow_pipe(out_r)
     try:
-        try:
-            if plan.method == "zstd":
-                mid_r, mid_w = os.pipe()
-                _grow_pipe(mid_r)
-                try:
-                    dump = await asyncio.create_subprocess_exec(
-                        *argv, stdout=mid_w, stderr=asyncio.subprocess.PIPE, env=env,
-                        stdin=asyncio.subprocess.DEVNULL, process_group=0)
-                    pgid = dump.pid
-                    procs.append(dump)
-                    zstd = await asyncio.create_subprocess_exec(
-                        "zstd", f"-{plan.level}", "-q", "-c", stdin=mid_r, stdout=out_w,
-                        stderr=asyncio.subprocess.PIPE, process_group=pgid)
-                    procs.append(zstd)
-                finally:
-                    os.close(mid_r)
-                    os.close(mid_w)
-            else:
+        # The children write the temp file directly (one copy, no relay through Python); it
+        # is hashed once it is complete and fsynced, so the checksum covers the bytes as stored.
+        if plan.method == "zstd":
+            mid_r, mid_w = os.pipe()
+            _grow_pipe(mid_r)
+            try:
                 dump = await asyncio.create_subprocess_exec(
-                    *argv, stdout=out_w, stderr=asyncio.subprocess.PIPE, env=env,
+                    *argv, stdout=mid_w, stderr=asyncio.subprocess.PIPE, env=env,
                     stdin=asyncio.subprocess.DEVNULL, process_group=0)
                 pgid = dump.pid
                 procs.append(dump)
-        finally:
-            os.close(out_w)
+                zstd = await asyncio.create_subprocess_exec(
+                    "zstd", f"-{plan.level}", "-q", "-c", stdin=mid_r, stdout=fd,
+                    stderr=asyncio.subprocess.PIPE, process_group=pgid)
+                procs.append(zstd)
+            finally:
+                os.close(mid_r)
+                os.close(mid_w)
+        else:
+            dump = await asyncio.create_subprocess_exec(
+                *argv, stdout=fd, stderr=asyncio.subprocess.PIPE, env=env,
+                stdin=asyncio.subprocess.DEVNULL, process_group=0)
+            pgid = dump.pid
+            procs.append(dump)
 
         async def drain(tool: str, proc: asyncio.subprocess.Process) -> None:
             assert proc.stderr is not None
@@ -595,40 +573,39 @@ async def _dump(
         drains = [asyncio.create_task(drain(t, p)) for t, p in zip(tails, procs, strict=False)]
         count_task = asyncio.create_task(asyncio.to_thread(_count, conn, tables))
 
-        # The archive streams through one thread with blocking reads: hashed and written in
-        # the same pass, progress handed to the event loop.
-        loop = asyncio.get_running_loop()
         begun = time.monotonic()
-
-        def report(done: int) -> None:
+        waits = asyncio.ensure_future(asyncio.gather(*(p.wait() for p in procs)))
+        while not waits.done():
+            await asyncio.wait([waits], timeout=PROGRESS_INTERVAL)
+            written = os.fstat(fd).st_size
             elapsed = time.monotonic() - begun
-            rate = done / elapsed if elapsed > 0 else 0.0
-            eta = (max(expected - done, 0) / rate) if expected and rate > 0 else None
-            emit(DumpProgress(done, elapsed, rate, expected, eta))
-
-        def progress(done: int) -> None:
-            loop.call_soon_threadsafe(report, done)
-
-        pump_task = asyncio.ensure_future(asyncio.to_thread(_pump, out_r, fd, progress))
-        try:
-            written, sha256 = await asyncio.shield(pump_task)
-        except OSError as exc:
-            raise _write_error(exc, tmp, getattr(exc, "written", 0)) from None
-        codes = [await p.wait() for p in procs]
+            rate = written / elapsed if elapsed > 0 else 0.0
+            eta = (max(expected - written, 0) / rate) if expected and rate > 0 else None
+            emit(DumpProgress(written, elapsed, rate, expected, eta))
+        codes = list(waits.result())
         await asyncio.gather(*drains)
+        # The archive's writer (zstd, or pg_dump itself) hit the file-size limit or a full disk.
+        writer_text = "\n".join(tails["zstd" if len(codes) > 1 else "pg_dump"])
+        if codes[-1] == -signal.SIGXFSZ or re.search(
+                r"No space left|File too large|quota exceeded", writer_text, re.I):
+            err = errno.EFBIG if codes[-1] == -signal.SIGXFSZ else errno.ENOSPC
+            raise _write_error(OSError(err, os.strerror(err)), tmp, os.fstat(fd).st_size)
         if codes[0] != 0:
             raise _dump_error("\n".join(tails["pg_dump"]), settings, pg_dump, codes[0])
         if len(codes) > 1 and codes[1] != 0:
+            zstd_text = " ".join(tails["zstd"])
             raise OperationFailed(
-                f"zstd failed (exit {codes[1]}): {' '.join(tails['zstd']) or 'no message'}",
+                f"zstd failed (exit {codes[1]}): {zstd_text or 'no message'}",
                 "Check the disk and that zstd works (zstd --version).",
             )
+        written = os.fstat(fd).st_size
         elapsed = time.monotonic() - begun
         emit(DumpProgress(written, elapsed, written / elapsed if elapsed else 0.0, written, 0.0))
         try:
             os.fsync(fd)
         except OSError as exc:
             raise _write_error(exc, tmp, written) from None
+        sha256 = await asyncio.to_thread(_sha256_fd, fd, written)
 
         emit(PhaseStarted("checking", "reading back the table of contents"))
         toc = await asyncio.to_thread(read_toc, tmp, pg_restore.path, env)
@@ -666,10 +643,6 @@ async def _dump(
             _kill_group(pgid)
             if procs:
                 await _reap(procs, pgid)
-            if pump_task is not None and not pump_task.done():
-                # The children are gone, so the pump reads EOF and returns.
-                with contextlib.suppress(BaseException):
-                    await pump_task
             if count_task is not None and not count_task.done():
                 # The count runs in a thread on the snapshot connection: cancel its query.
                 with contextlib.suppress(Exception):
@@ -681,7 +654,6 @@ async def _dump(
             with contextlib.suppress(OSError):
                 fsync_dir(tmp.parent)
         os.close(fd)
-        os.close(out_r)
 
 
 def interrupted_error() -> Interrupted:

@@ -33,7 +33,7 @@ def temp_path_for(final: Path) -> Path:
 
 
 def open_private_exclusive(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
 
 
 def atomic_write_bytes(final: Path, data: bytes) -> None:
