@@ -163,6 +163,9 @@ def test_a_restore_that_fails_part_way_is_a_failure(workspace: Workspace, server
     assert proc.returncode == 1, proc.stdout
     assert "FAILED" in proc.stderr and 'role "ghost" does not exist' in proc.stderr
     assert "--owners drop" in proc.stderr and "Undo with: pgrunbook" in proc.stderr
+    # The raw pg_restore output is kept in the operation's log.
+    log = Path(proc.stderr.split("Full output: ")[1].split()[0])
+    assert 'role "ghost" does not exist' in log.read_text() and "pg_restore:" in log.read_text()
     assert "VERIFICATION PASS" not in proc.stdout
 
 

@@ -640,8 +640,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except PgRunbookError as exc:
         _err(f"error: {exc.message}")
-        if exc.hint:
-            _err(f"  {exc.hint}")
+        hint = " ".join(part for part in (
+            exc.hint, f"Full output: {exc.log_path}" if exc.log_path else None) if part)
+        if hint:
+            _err(f"  {hint}")
         if exc.detail and getattr(args, "verbose", False):
             _err(exc.detail)
         return exc.exit_code

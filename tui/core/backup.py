@@ -58,6 +58,7 @@ from tui.core.metadata import (
     meta_path_for,
     write_meta,
 )
+from tui.core.oplog import OperationLog
 from tui.core.pgtools import (
     PgTool,
     connect,
@@ -361,19 +362,25 @@ async def run_backup(
         reason=request.reason,
         origin=request.origin,
     )
+    log = OperationLog(settings.backup_dir, "backup", emit)
     try:
-        result = await _run_backup(settings, request, label, emit)
+        result = await _run_backup(settings, request, label, log)
     except asyncio.CancelledError:
-        record.finish("interrupted", "interrupted by the operator (Ctrl-C or SIGTERM)")
+        record.finish("interrupted", "interrupted by the operator (Ctrl-C or SIGTERM)",
+                      log=str(log.path))
         raise
     except PgRunbookError as exc:
-        record.finish("failed", str(exc))
+        log.write(f"FAILED: {exc}\n{exc.detail or ''}")
+        record.finish("failed", str(exc), log=str(log.path))
+        exc.log_path = str(log.path)
         raise
     except BaseException as exc:
-        record.finish("failed", f"{exc.__class__.__name__}: {exc}")
+        record.finish("failed", f"{exc.__class__.__name__}: {exc}", log=str(log.path))
         raise
+    finally:
+        log.close()
     record.finish("ok", None, backup=result.name, size_bytes=result.size_bytes,
-                  sha256=result.sha256)
+                  sha256=result.sha256, log=str(log.path))
     return result
 
 

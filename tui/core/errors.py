@@ -20,6 +20,8 @@ class PgRunbookError(Exception):
         self.hint = hint
         # Raw tool output kept for --verbose and the operation's log; never shown by default.
         self.detail = detail
+        # The operation's full log, when it had one.
+        self.log_path: str | None = None
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} {self.hint}"

@@ -36,6 +36,7 @@ from tui.core.fsutil import temp_path_for
 from tui.core.inventory import HASH_CHUNK, BackupEntry, list_backups, load_entry
 from tui.core.locks import take_advisory_lock, target_lock_file
 from tui.core.metadata import ARCHIVE_SUFFIX
+from tui.core.oplog import OperationLog
 from tui.core.pgtools import PgTool, connect, find_tool, libpq_env
 from tui.core.settings import Settings, Target
 from tui.core.verify import VerifyReport, verify_counts
@@ -251,7 +252,7 @@ def explain_restore_errors(errors: list[str]) -> str:
         return "The target user lacks a privilege the archive needs: restore as the owner."
     if "event trigger" in text.lower() and "superuser" in text:
         return "Event triggers need a superuser: they are filtered out for non-superusers."
-    return "See the error lines above; the full output is in the operation's log."
+    return "See the error lines above."
 
 
 # -- the restore -------------------------------------------------------------------------------
@@ -276,6 +277,8 @@ async def run_restore(
         reason=request.reason, origin=request.origin,
     )
     state: dict[str, Any] = {}
+    log = OperationLog(settings.backup_dir, "restore", emit)
+    emit = log
     try:
         result = await _run_restore(settings, request, emit, ask, state)
     except asyncio.CancelledError:
@@ -288,17 +291,21 @@ async def run_restore(
                       safety_backup=safety)
         raise
     except PgRunbookError as exc:
+        log.write(f"FAILED: {exc}\n{exc.detail or ''}")
         record.finish("failed", str(exc), backup=state.get("backup"),
-                      safety_backup=state.get("safety"))
+                      safety_backup=state.get("safety"), log=str(log.path))
+        exc.log_path = str(log.path)
         raise
     except BaseException as exc:
         record.finish("failed", f"{exc.__class__.__name__}: {exc}", backup=state.get("backup"))
         raise
+    finally:
+        log.close()
     verdict = "ok" if result.verify is None or result.verify.passed else "verify-failed"
     record.finish(verdict, None if verdict == "ok" else "row counts differ after the restore",
                   backup=result.backup, safety_backup=result.safety_backup,
                   safety_note=result.safety_note, filtered=result.filtered,
-                  restore_seconds=round(result.restore_seconds, 3))
+                  restore_seconds=round(result.restore_seconds, 3), log=str(log.path))
     return result
 
 
