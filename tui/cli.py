@@ -218,7 +218,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         label=args.name, kind=args.kind, reason=args.reason, compression=args.compress,
         exclude_schema=tuple(args.exclude_schema or ()),
         exclude_table_data=tuple(args.exclude_table_data or ()),
-        lock_wait_timeout=args.lock_wait_timeout,
+        lock_wait_timeout=args.lock_wait_timeout, upload=not args.no_upload,
     )
     _err(f"Backing up {settings.target.name} ({settings.target.describe()}) "
          f"to {settings.backup_dir}")
@@ -235,9 +235,10 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
             "name": result.name, "path": str(result.path), "meta_path": str(result.meta_path),
             "size_bytes": result.size_bytes, "sha256": result.sha256,
             "duration_seconds": round(result.duration, 3), "tables": result.tables,
-            "rows": result.rows, "kind": request.kind,
+            "rows": result.rows, "kind": request.kind, "s3_key": result.s3_key,
+            "upload_error": result.upload_error,
         }, indent=2))
-        return EXIT_OK
+        return EXIT_FAILED if result.upload_error else EXIT_OK
     archive = result.meta["archive"]
     _out(f"Backup complete: {result.name}")
     _out(f"  file      {result.path} ({_size(result.size_bytes)}, {archive['compression']})")
@@ -246,6 +247,12 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     _out(f"  contents  {result.tables} tables, {result.rows:,} rows "
          "(counted in the dump's own snapshot)")
     _out(f"  took      {result.duration:.1f}s")
+    if result.s3_key:
+        _out(f"  s3        {result.s3_key} (metadata.json uploaded last)")
+    if result.upload_error:
+        _err(f"error: backed up locally, upload failed: {result.upload_error}")
+        _err(f"  The local backup is complete. Retry with: pgrunbook upload {result.name}")
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -421,10 +428,72 @@ def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if result.passed else EXIT_MISMATCH
 
 
-def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    from tui.core.inventory import list_backups
+def _require_s3(settings: Settings) -> Any:
+    from tui.core.errors import ConfigError
+    from tui.core.s3 import s3_config
 
-    entries = list_backups(settings.backup_dir, verify=args.verify)
+    s3 = s3_config(settings)
+    if s3 is None:
+        raise ConfigError("S3 is not configured.", "Set BACKUP_S3_BUCKET in .env.deployment.")
+    return s3
+
+
+def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
+    from tui.core.audit import AuditLog
+    from tui.core.errors import OperationFailed
+    from tui.core.restore import resolve_backup, sha256_matches
+    from tui.core.s3 import describe_error, upload_existing
+
+    s3 = _require_s3(settings)
+    entry = resolve_backup(settings, args.backup)
+    if entry.meta is None or not entry.complete:
+        raise OperationFailed(f"backup {entry.name} is not complete: {'; '.join(entry.problems)}.")
+    if not sha256_matches(entry):
+        raise OperationFailed(f"backup {entry.name} is damaged (checksum mismatch): not uploaded.")
+    record = AuditLog(settings.backup_dir).start(
+        "upload", target=None, arguments={"backup": entry.name, "bucket": s3.bucket},
+        reason=None)
+    _err(f"Uploading {entry.name} to s3://{s3.bucket}/{s3.prefix}{entry.name[:15]}/")
+    try:
+        key = upload_existing(s3, entry.path, entry.meta)
+    except Exception as exc:
+        message = exc.message if isinstance(exc, PgRunbookError) else describe_error(exc)
+        record.finish("failed", message)
+        raise OperationFailed(f"upload of {entry.name} failed: {message}",
+                              "The local backup is intact; retry later.") from None
+    record.finish("ok", None, backup=entry.name, s3_key=key)
+    _out(f"Uploaded {entry.name}: s3://{s3.bucket}/{key}")
+    return EXIT_OK
+
+
+def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
+    from tui.core.restore import resolve_backup
+
+    _require_s3(settings)
+    renderer = Renderer(verbose=args.verbose)
+    entry = resolve_backup(settings, args.backup, renderer)
+    renderer._stop_bar()
+    _out(f"{entry.name}: {entry.path} (checksum verified against metadata.json)")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from tui.core.inventory import merged_inventory
+    from tui.core.s3 import describe_error, s3_config
+
+    s3 = s3_config(settings)
+    try:
+        entries = merged_inventory(settings.backup_dir, s3, verify=args.verify)
+    except PgRunbookError:
+        raise
+    except Exception as exc:
+        if s3 is None:
+            raise
+        from tui.core.inventory import list_backups
+
+        _err(f"warning: cannot list s3://{s3.bucket}/{s3.prefix}: {describe_error(exc)}; "
+             "showing local backups only.")
+        entries = list_backups(settings.backup_dir, verify=args.verify)
     if args.json:
         _out(json.dumps([e.as_json() for e in entries], indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -442,10 +511,10 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
             drilled = f"{drill['result']} {_age(_parse_time(drill.get('verified_at')), now)}"
         rows.append([e.name, e.kind or "?", created, _age(e.created_at, now),
-                     _size(e.size_bytes), drilled, "; ".join(e.problems) or "ok"])
+                     _size(e.size_bytes), e.location, drilled, "; ".join(e.problems) or "ok"])
     _out(f"Backups in {settings.backup_dir} (newest first, times UTC"
          f"{', checksums verified' if args.verify else ''}):")
-    _out(_table(rows, ["NAME", "KIND", "CREATED", "AGE", "SIZE", "DRILL", "STATUS"]))
+    _out(_table(rows, ["NAME", "KIND", "CREATED", "AGE", "SIZE", "WHERE", "DRILL", "STATUS"]))
     bad = sum(1 for e in entries if e.problems)
     if bad:
         _out(f"{bad} of {len(entries)} backups have problems.")
@@ -510,7 +579,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if demo.created or args.backup:
         cmd_backup(argparse.Namespace(
             name=None, kind="manual", reason="pgrunbook demo", compress=None,
-            lock_wait_timeout=None,
+            lock_wait_timeout=None, no_upload=False,
             exclude_schema=None, exclude_table_data=None, verbose=False, json=False), settings)
         _out()
     cmd_list(argparse.Namespace(json=False, verify=False), settings)
@@ -556,8 +625,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a table's definition but not its rows (repeatable)")
     p.add_argument("--lock-wait-timeout", metavar="TIME",
                    help="fail instead of waiting longer than TIME for a table lock (e.g. 5min)")
+    p.add_argument("--no-upload", action="store_true",
+                   help="do not copy this backup to S3 (upload it later with `upload`)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("upload", help="copy a local backup to S3 (retry a failed upload)")
+    p.add_argument("backup", metavar="BACKUP", help="a backup name as `list` shows it, or a path")
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("download", help="fetch a backup from S3 and verify it, without restoring")
+    p.add_argument("backup", metavar="BACKUP",
+                   help="a name, YYYYMMDD_HHMMSS, or <prefix>YYYYMMDD_HHMMSS/database.backup")
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("restore", help="restore a backup into the target (safety backup first)",
                        description="Restore a backup: checksum, confirmation, safety backup, "
@@ -636,6 +716,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(env_file=args.env_file, target=args.target)
         for warning in settings.warnings:
             _err(f"warning: {warning}")
+        from tui.core.s3 import s3_config
+
+        s3_config(settings)  # bad S3 settings: one line and exit 2, before anything runs
         code: int = args.func(args, settings)
         return code
     except PgRunbookError as exc:

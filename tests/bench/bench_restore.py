@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -70,6 +71,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_backup as bb  # noqa: E402  (also puts the project root on sys.path)
+import psycopg  # noqa: E402
 from bench_backup import (  # noqa: E402
     MB,
     POLL_INTERVAL,
@@ -89,7 +91,7 @@ from tui.core.cluster import ThrowawayCluster  # noqa: E402
 GOAL_TIME_RATIO = 1.05
 GOAL_VERIFY_RATIO = 1.05
 GOAL_RSS_MB = 150.0
-DEFAULT_REPEAT = 3
+DEFAULT_REPEAT = 5
 
 
 class RestoreBench(Bench):
@@ -133,7 +135,7 @@ class RestoreBench(Bench):
     def check_restored(self, dbname: str, result: Result) -> None:
         """Cheap sanity check (untimed): every table of the backup is there and has pages."""
         expected = {(str(t["schema"]), str(t["name"])) for t in self.meta.get("tables", [])}
-        with bb.psycopg.connect(host=self.cluster.host, port=self.cluster.port,
+        with psycopg.connect(host=self.cluster.host, port=self.cluster.port,
                                 user=self.cluster.user, dbname=dbname, autocommit=True) as conn:
             rows = conn.execute(
                 """SELECT n.nspname, c.relname, pg_table_size(c.oid)
@@ -188,7 +190,7 @@ class RestoreBench(Bench):
         argv += [f"--jobs={jobs}", "--no-owner", "--no-privileges", "-d", dbname, str(archive)]
         return argv
 
-    def bare(self, result: Result, *, dbname: str, jobs: int, keep: bool = False) -> None:
+    def bare_restore(self, result: Result, *, dbname: str, jobs: int, keep: bool = False) -> None:
         try:
             with self._err_file(result.key).open("wb") as err:
                 t0 = time.perf_counter()
@@ -277,7 +279,7 @@ class RestoreBench(Bench):
                     result.extra["safety_backup_bytes"] = smeta.get("archive", {}).get(
                         "size_bytes")
             leftovers = [p.name for p in self.backup_dir.glob(".*") if p.is_file()
-                         and not p.name.endswith(".lock")]
+                         and not p.name.startswith(".lock")]
             if leftovers:
                 result.extra["leftover_files"] = leftovers
             self.check_restored(dbname, result)
@@ -420,7 +422,7 @@ def print_breakdown(results: list[Result], diag: list[Result]) -> dict[str, Any]
     log("")
     log("Where pgrunbook's time goes (per run, from its --json: seconds = inside run_restore, "
         "restore_seconds = zstd -dq -o + pg_restore):")
-    log("  run                      wall   start-up/exit  before pg_restore  "
+    log(f"  {'run':38}   wall   start-up/exit  before pg_restore  "
         "unzstd+pg_restore  verification")
     out: dict[str, Any] = {"runs": []}
     for r in results:
@@ -436,7 +438,7 @@ def print_breakdown(results: list[Result], diag: list[Result]) -> dict[str, Any]
         safety = ""
         if r.extra.get("safety_backup_seconds") is not None:
             safety = f"  (safety backup {r.extra['safety_backup_seconds']:.2f} s of it)"
-        log(f"  {r.label:22} {r.seconds:6.2f}   {r.seconds - inner:12.2f}   {before:16.2f}   "
+        log(f"  {r.label:38} {r.seconds:6.2f}   {r.seconds - inner:12.2f}   {before:16.2f}   "
             f"{rest:16.2f}   {ver:11.2f}{safety}")
     if diag:
         log("  parts measured alone (best of 3 unless noted):")
@@ -444,8 +446,9 @@ def print_breakdown(results: list[Result], diag: list[Result]) -> dict[str, Any]
             if d.error:
                 log(f"    {d.label:58} FAILED: {d.error}")
                 continue
-            extra = ", ".join(f"{k} {v}" for k, v in d.extra.items() if v is not None
-                              and k != "database_size_bytes")
+            extra = ", ".join(
+                f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in d.extra.items() if v is not None and k != "database_size_bytes")
             log(f"    {d.label:58} {d.seconds:6.2f} s{'; ' + extra if extra else ''}")
     bare_runs = ok_runs(results, "bare")
     tool_runs = [r for r in ok_runs(results, "tool") if not r.key.startswith("toolv")]
@@ -522,23 +525,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         full_db = "rb_full"
         try:
             run("warmup", f"warm-up: bare pg_restore -j{jobs} (discarded)",
-                lambda r: bench.bare(r, dbname="rb_warmup", jobs=jobs), "rb_warmup",
+                lambda r: bench.bare_restore(r, dbname="rb_warmup", jobs=jobs), "rb_warmup",
                 record=False)
             run("serial", "bare pg_restore -j1 (serial, reference)",
-                lambda r: bench.bare(r, dbname="rb_serial", jobs=1), "rb_serial")
+                lambda r: bench.bare_restore(r, dbname="rb_serial", jobs=1), "rb_serial")
             rounds = max(args.repeat, 1)
             for i in range(1, rounds + 1):
                 run(f"bare{i}", f"bare pg_restore -j{jobs} #{i}",
-                    lambda r, i=i: bench.bare(r, dbname=f"rb_bare{i}", jobs=jobs),
+                    functools.partial(bench.bare_restore, dbname=f"rb_bare{i}", jobs=jobs),
                     f"rb_bare{i}")
                 run(f"tool{i}", f"pgrunbook --no-verify #{i}",
-                    lambda r, i=i: bench.tool_restore(r, dbname=f"rb_tool{i}", jobs=jobs,
-                                                      verify=False), f"rb_tool{i}")
+                    functools.partial(bench.tool_restore, dbname=f"rb_tool{i}", jobs=jobs,
+                                      verify=False), f"rb_tool{i}")
                 last = i == rounds
                 dbname = full_db if last else f"rb_toolv{i}"
                 run(f"toolv{i}", f"pgrunbook with verify #{i}",
-                    lambda r, dbname=dbname, last=last: bench.tool_restore(
-                        r, dbname=dbname, jobs=jobs, verify=True, keep=last), dbname)
+                    functools.partial(bench.tool_restore, dbname=dbname, jobs=jobs, verify=True,
+                                      keep=last), dbname)
             # The realistic case: over the populated database (the last tool+verify run's
             # result), so pgrunbook takes and verifies a safety backup first.
             with bench.connect() as conn:

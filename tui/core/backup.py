@@ -39,6 +39,7 @@ from tui.core.events import (
     Emit,
     Notice,
     PhaseStarted,
+    Progress,
     ToolOutput,
     ignore,
 )
@@ -68,6 +69,7 @@ from tui.core.pgtools import (
     major_of,
     server_version,
 )
+from tui.core.s3 import S3Config, StreamUpload, s3_config
 from tui.core.settings import Settings, parse_compression
 
 CHUNK = 1 << 20
@@ -90,6 +92,7 @@ class BackupRequest:
     origin: str = "cli"
     # pg_dump gives up instead of queueing behind a lock held longer than this ("30s").
     lock_wait_timeout: str | None = None
+    upload: bool = True  # to S3, when a bucket is configured
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class BackupResult:
     tables: int
     rows: int
     meta: dict[str, Any] = field(repr=False)
+    s3_key: str | None = None
+    upload_error: str | None = None
 
 
 def backup_label(kind: str, label: str | None) -> str:
@@ -379,8 +384,13 @@ async def run_backup(
         raise
     finally:
         log.close()
-    record.finish("ok", None, backup=result.name, size_bytes=result.size_bytes,
-                  sha256=result.sha256, log=str(log.path))
+    if result.upload_error:
+        record.finish("failed", f"backed up locally, upload failed: {result.upload_error}",
+                      backup=result.name, size_bytes=result.size_bytes, sha256=result.sha256,
+                      log=str(log.path))
+    else:
+        record.finish("ok", None, backup=result.name, size_bytes=result.size_bytes,
+                      sha256=result.sha256, s3_key=result.s3_key, log=str(log.path))
     return result
 
 
@@ -405,7 +415,8 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         started_wall = datetime.now(UTC)
         name = f"{started_wall.strftime('%Y%m%d_%H%M%S')}_{label}"
         final = settings.backup_dir / f"{name}{ARCHIVE_SUFFIX}"
-        if not final.exists() and not meta_path_for(final).exists():
+        # S3 keys carry only the stamp: one backup per second, whatever its name.
+        if not any(settings.backup_dir.glob(f"{started_wall.strftime('%Y%m%d_%H%M%S')}_*")):
             break
         await asyncio.sleep(1.0 - started_wall.microsecond / 1e6)
     else:
@@ -451,10 +462,12 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
             if not _excluded(t[1], t[2], request.exclude_schema, request.exclude_table_data)
         ]
         emit(PhaseStarted("dumping", f"pg_dump {pg_dump.version}, {plan.description}"))
+        s3 = s3_config(settings) if request.upload else None
+        upload_box: list[StreamUpload] = []
         with libpq_env(target, settings) as env:
             size, sha256, toc, counts = await _dump(
                 settings, request, pg_dump, pg_restore, plan, snapshot, env, conn, tables,
-                final, expected, emit,
+                final, expected, emit, s3, name[:15], upload_box,
             )
         with contextlib.suppress(psycopg.Error):
             conn.execute("ROLLBACK")
@@ -504,9 +517,23 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         "tool": {"name": "pgrunbook", "version": tui.__version__},
     }
     write_meta(meta_path_for(final), meta)
-    emit(BackupFinished(name, str(final), size, sha256, duration))
-    return BackupResult(name, final, meta_path_for(final), size, sha256, duration,
-                        len(counted), sum(counts.values()), meta)
+    s3_key = upload_error = None
+    if upload_box:
+        emit(PhaseStarted("uploading", f"finishing s3://{s3.bucket if s3 else ''}/"
+                                       f"{upload_box[0].key}"))
+        try:
+            s3_key = await asyncio.to_thread(upload_box[0].finish, size, sha256, request.kind,
+                                             meta)
+        except PgRunbookError as exc:
+            upload_error = exc.message
+            emit(Notice("warning", f"backed up locally, upload failed: {upload_error}"))
+        except asyncio.CancelledError:
+            upload_box[0].abort()
+            raise
+    emit(BackupFinished(name, str(final), size, sha256, time.monotonic() - started))
+    return BackupResult(name, final, meta_path_for(final), size, sha256,
+                        time.monotonic() - started, len(counted), sum(counts.values()), meta,
+                        s3_key, upload_error)
 
 
 async def _dump(
@@ -522,6 +549,9 @@ async def _dump(
     final: Path,
     expected: int | None,
     emit: Emit,
+    s3: S3Config | None = None,
+    stamp: str = "",
+    upload_box: list[StreamUpload] | None = None,
 ) -> tuple[int, str, Toc, dict[int, int]]:
     argv = [str(pg_dump.path), "--format=custom", "--no-password", f"--snapshot={snapshot}",
             f"--dbname={settings.target.dbname}"]
@@ -579,6 +609,18 @@ async def _dump(
 
         drains = [asyncio.create_task(drain(t, p)) for t, p in zip(tails, procs, strict=False)]
         count_task = asyncio.create_task(asyncio.to_thread(_count, conn, tables))
+        if s3 is not None and upload_box is not None:
+            # The off-site copy follows the file while it is written (multipart, in parts).
+            loop = asyncio.get_running_loop()
+            up_started = time.monotonic()
+
+            def uploaded(n: int) -> None:
+                loop.call_soon_threadsafe(
+                    emit, Progress("upload", n, None, time.monotonic() - up_started))
+
+            upload = StreamUpload(s3, stamp, tmp, uploaded)
+            upload.start()
+            upload_box.append(upload)
 
         begun = time.monotonic()
         waits = asyncio.ensure_future(asyncio.gather(*(p.wait() for p in procs)))
@@ -647,6 +689,9 @@ async def _dump(
         raise
     finally:
         if not published:
+            if upload_box:
+                await asyncio.to_thread(upload_box[0].abort)
+                upload_box.clear()
             _kill_group(pgid)
             if procs:
                 await _reap(procs, pgid)

@@ -38,6 +38,8 @@ class BackupEntry:
     sha256: str | None = None
     meta: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
+    location: str = "local"  # local, s3, both
+    s3_key: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -55,6 +57,8 @@ class BackupEntry:
             "sha256": self.sha256,
             "reason": (self.meta or {}).get("reason"),
             "drill": drill or None,
+            "location": self.location,
+            "s3_key": self.s3_key,
             "problems": list(self.problems),
         }
 
@@ -170,3 +174,56 @@ def last_complete(backup_dir: Path) -> BackupEntry | None:
         if e.complete:
             return e
     return None
+
+
+def merged_inventory(backup_dir: Path, s3: Any | None, verify: bool = False) -> list[BackupEntry]:
+    """Local backups and, when S3 is configured, the bucket's: one list, newest first."""
+    entries = list_backups(backup_dir, verify)
+    if s3 is None:
+        return entries
+    from tui.core.s3 import list_s3
+
+    remote = list_s3(s3)
+    by_stamp = {e.name[:15]: e for e in entries if STAMP_RE.match(e.name)}
+    for stamp, rb in remote.backups.items():
+        local = by_stamp.get(stamp)
+        remote_sha = (rb.meta or {}).get("archive", {}).get("sha256") if rb.meta else None
+        if local is not None and not local.path.name.startswith("."):
+            if rb.archive_key:
+                local.location = "both"
+                local.s3_key = rb.archive_key
+            if rb.archive_key and rb.meta is None:
+                local.problems.append("S3 copy incomplete (no metadata.json)")
+            elif remote_sha and local.sha256 and remote_sha != local.sha256:
+                local.problems.append("checksum differs between local and S3")
+            continue
+        name = str((rb.meta or {}).get("name") or stamp)
+        e = BackupEntry(name=name, path=backup_dir / f"{name}{ARCHIVE_SUFFIX}",
+                        meta_path=backup_dir / f"{name}{ARCHIVE_SUFFIX}{META_SUFFIX}",
+                        location="s3", s3_key=rb.archive_key, meta=rb.meta)
+        e.size_bytes = rb.size_bytes
+        if rb.meta:
+            e.kind = str(rb.meta.get("kind"))
+            e.created_at = _parse_time(rb.meta.get("created_at"))
+            e.sha256 = remote_sha
+        e.created_at = e.created_at or _stamp_time(f"{stamp}_x") or rb.last_modified
+        if rb.archive_key is None:
+            e.problems.append("metadata.json without database.backup in S3")
+        elif rb.meta is None:
+            e.problems.append(rb.meta_error or "incomplete upload (no metadata.json)")
+        elif rb.meta.get("archive", {}).get("size_bytes") != rb.size_bytes:
+            e.problems.append("S3 object size differs from metadata.json")
+        entries.append(e)
+    for up in remote.orphaned_uploads:
+        e = BackupEntry(name=up["key"], path=backup_dir / up["key"], meta_path=backup_dir,
+                        location="s3", s3_key=up["key"])
+        e.created_at = _parse_time(up["initiated"])
+        e.problems.append(f"orphaned multipart upload since {up['initiated'][:19]} "
+                          f"(abort it: upload id {up['upload_id']})")
+        entries.append(e)
+    for e in entries:
+        if e.location == "local" and e.complete:
+            e.problems.append("never uploaded to S3 (pgrunbook upload NAME)")
+    epoch = datetime.min.replace(tzinfo=UTC)
+    entries.sort(key=lambda x: (x.created_at or epoch, x.name), reverse=True)
+    return entries

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -32,12 +33,13 @@ from tui.core.audit import AuditLog
 from tui.core.backup import BackupRequest, run_backup, secrets_of
 from tui.core.errors import ConfigError, OperationFailed, PgRunbookError
 from tui.core.events import Emit, Notice, PhaseStarted, Progress, RestoreLine, ignore
-from tui.core.fsutil import temp_path_for
+from tui.core.fsutil import ensure_private_dir, publish, temp_path_for
 from tui.core.inventory import HASH_CHUNK, BackupEntry, list_backups, load_entry
 from tui.core.locks import take_advisory_lock, target_lock_file
-from tui.core.metadata import ARCHIVE_SUFFIX
+from tui.core.metadata import ARCHIVE_SUFFIX, meta_path_for, write_meta
 from tui.core.oplog import OperationLog
 from tui.core.pgtools import PgTool, connect, find_tool, libpq_env
+from tui.core.s3 import S3Config, s3_config
 from tui.core.settings import Settings, Target
 from tui.core.verify import VerifyReport, verify_counts
 
@@ -100,16 +102,28 @@ def default_jobs() -> int:
 # -- choosing the backup -----------------------------------------------------------------------
 
 
-def resolve_backup(settings: Settings, spec: str) -> BackupEntry:
-    """`latest`, a path to an archive, or a backup's name as `list` shows it."""
+def resolve_backup(settings: Settings, spec: str, emit: Emit = ignore) -> BackupEntry:
+    """`latest`, a path to an archive, a backup's name as `list` shows it, or the SOP's S3 key
+    `<prefix>YYYYMMDD_HHMMSS/database.backup`. A backup only in S3 is downloaded first."""
+    s3 = s3_config(settings)
+    key_match = re.fullmatch(r"(?:.*/)?(\d{8}_\d{6})/database\.backup", spec)
+    if key_match and s3 is not None and not Path(spec).exists():
+        return fetch_from_s3(settings, s3, key_match.group(1), emit)
     if spec == "latest":
         for entry in list_backups(settings.backup_dir):
             if not entry.complete or entry.kind == "emergency":
                 continue  # never a partial one, and never a safety copy of a bad state
+            newer_remote = _newest_remote(settings, s3, after=entry)
+            if newer_remote is not None and s3 is not None:
+                return fetch_from_s3(settings, s3, newer_remote, emit)
             if sha256_matches(entry):
                 return entry
+        remote = _newest_remote(settings, s3, after=None)
+        if remote is not None and s3 is not None:
+            return fetch_from_s3(settings, s3, remote, emit)
         raise OperationFailed(
-            f"no complete backup with a matching checksum in {settings.backup_dir}.",
+            f"no complete backup with a matching checksum in {settings.backup_dir}"
+            + (" or S3" if s3 else "") + ".",
             "Check `pgrunbook list --verify`, or name a backup explicitly.",
         )
     path = Path(spec).expanduser()
@@ -119,9 +133,76 @@ def resolve_backup(settings: Settings, spec: str) -> BackupEntry:
         return load_entry(path.resolve())
     candidate = settings.backup_dir / f"{spec}{ARCHIVE_SUFFIX}"
     if not candidate.exists() and not (settings.backup_dir / f"{spec}{ARCHIVE_SUFFIX}.meta").exists():
-        raise ConfigError(f"no backup named {spec!r} in {settings.backup_dir}.",
+        if s3 is not None and re.match(r"\d{8}_\d{6}", spec):
+            return fetch_from_s3(settings, s3, spec[:15], emit)
+        raise ConfigError(f"no backup named {spec!r} in {settings.backup_dir}"
+                          + (" or S3" if s3 else "") + ".",
                           "Run `pgrunbook list` to see the names.")
     return load_entry(candidate)
+
+
+def _newest_remote(settings: Settings, s3: S3Config | None,
+                   after: BackupEntry | None) -> str | None:
+    """The stamp of the newest complete non-emergency backup that exists only in S3 and is
+    newer than `after` (a local candidate)."""
+    if s3 is None:
+        return None
+    from tui.core.s3 import list_s3
+
+    local = {e.name[:15] for e in list_backups(settings.backup_dir)}
+    best = None
+    for stamp, rb in list_s3(s3).backups.items():
+        if stamp in local or rb.meta is None or rb.archive_key is None:
+            continue
+        if rb.meta.get("kind") == "emergency":
+            continue
+        if after is not None and stamp <= after.name[:15]:
+            continue
+        if best is None or stamp > best:
+            best = stamp
+    return best
+
+
+def fetch_from_s3(settings: Settings, s3: S3Config, stamp: str, emit: Emit) -> BackupEntry:
+    """Download a backup from S3 into BACKUP_DIR and verify it against metadata.json."""
+    from tui.core.s3 import ARCHIVE_KEY, META_KEY, describe_error, download
+
+    client = s3.client()
+    meta_key = s3.key_for(stamp, META_KEY)
+    try:
+        meta = json.loads(client.get_object(Bucket=s3.bucket, Key=meta_key)["Body"].read())
+    except Exception as exc:
+        raise OperationFailed(
+            f"backup {stamp} in S3 has no readable metadata.json ({describe_error(exc)}): "
+            "it is incomplete or missing.",
+            "Choose another backup (pgrunbook list).",
+        ) from None
+    name = str(meta["name"])
+    ensure_private_dir(settings.backup_dir)
+    final = settings.backup_dir / f"{name}{ARCHIVE_SUFFIX}"
+    if final.exists():
+        return load_entry(final)
+    tmp = temp_path_for(final)
+    key = s3.key_for(stamp, ARCHIVE_KEY)
+    emit(PhaseStarted("downloading", f"s3://{s3.bucket}/{key}"))
+    started = time.monotonic()
+    download(s3, key, tmp, lambda done, total: emit(
+        Progress("download", done, total, time.monotonic() - started)))
+    digest = hashlib.sha256()
+    with tmp.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != meta["archive"]["sha256"]:
+        tmp.unlink(missing_ok=True)
+        raise OperationFailed(
+            f"the copy of {name} in S3 is damaged: its SHA-256 differs from metadata.json. "
+            "Nothing was changed.",
+            "Use another backup, and check the bucket (pgrunbook list).",
+        )
+    publish(tmp, final)
+    write_meta(meta_path_for(final), meta)
+    emit(Notice("info", f"downloaded {name} from S3 and verified its checksum."))
+    return load_entry(final)
 
 
 def sha256_matches(entry: BackupEntry, emit: Emit = ignore) -> bool:
@@ -318,7 +399,7 @@ async def _run_restore(settings: Settings, request: RestoreRequest, emit: Emit,
                        ask: Ask | None, state: dict[str, Any]) -> RestoreResult:
     started = time.monotonic()
     target = settings.target
-    entry = resolve_backup(settings, request.backup)
+    entry = await asyncio.to_thread(resolve_backup, settings, request.backup, emit)
     state["backup"] = entry.name
     pg_restore, toc = await asyncio.to_thread(check_archive, settings, entry, emit)
     assert entry.meta is not None

@@ -92,6 +92,19 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "PGRUNBOOK_CONNECT_TIMEOUT", "10", "Seconds to wait when connecting to a database."
     ),
+    SettingSpec("BACKUP_S3_BUCKET", None, "S3 bucket for off-site copies; unset: local only."),
+    SettingSpec("BACKUP_S3_PREFIX", "backups/", "Key prefix in the bucket."),
+    SettingSpec("BACKUP_S3_SSE", "AES256", "Server-side encryption: AES256, aws:kms or none."),
+    SettingSpec("BACKUP_S3_KMS_KEY_ID", None, "KMS key id for BACKUP_S3_SSE=aws:kms."),
+    SettingSpec("BACKUP_S3_STORAGE_CLASS", None, "Storage class, such as STANDARD_IA."),
+    SettingSpec("AWS_ENDPOINT_URL", None, "Endpoint of an S3-compatible store."),
+    SettingSpec("AWS_REGION", None, "AWS region of the bucket."),
+    SettingSpec("AWS_DEFAULT_REGION", None, "AWS region, if AWS_REGION is unset."),
+    SettingSpec("AWS_PROFILE", None, "Profile in ~/.aws to take credentials from."),
+    SettingSpec("AWS_ACCESS_KEY_ID", None, "Access key id (else profile or instance role)."),
+    SettingSpec("AWS_SECRET_ACCESS_KEY", None, "Secret access key.", secret=True),
+    SettingSpec("AWS_SESSION_TOKEN", None, "Session token for temporary credentials.",
+                secret=True),
 )
 
 # `local` is the Supabase CLI's local database (`supabase start`).

@@ -1,0 +1,407 @@
+"""Off-site copies in S3, in the SOP's layout: `<prefix><YYYYMMDD_HHMMSS>/database.backup` and
+`<prefix><YYYYMMDD_HHMMSS>/metadata.json`, the metadata uploaded last as the mark that the backup
+is complete.
+
+The upload follows the archive while pg_dump is still writing it (multipart, parts uploaded as
+soon as they are on disk, part size growing so the 10,000-part limit is never reached), with
+retries; a failed upload aborts its multipart upload and leaves the local backup intact.
+Downloads use parallel ranged GETs into a local regular file, each range retried on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tui.core.errors import ConfigError, OperationFailed
+from tui.core.settings import Settings
+
+MiB = 1 << 20
+BASE_PART = 8 * MiB
+PARTS_PER_STEP = 1000  # part size doubles every 1000 parts: 10,000 parts hold ~8 TB
+CONCURRENCY = 4
+RANGE_SIZE = 16 * MiB
+RETRIES = 6
+ARCHIVE_KEY = "database.backup"
+META_KEY = "metadata.json"
+SSE_CHOICES = ("AES256", "aws:kms", "none")
+
+
+def part_size(part_number: int) -> int:
+    return BASE_PART << ((part_number - 1) // PARTS_PER_STEP)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    bucket: str
+    prefix: str
+    endpoint_url: str | None
+    region: str | None
+    sse: str
+    kms_key_id: str | None
+    storage_class: str | None
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    profile: str | None = None
+
+    def key_for(self, stamp: str, leaf: str) -> str:
+        return f"{self.prefix}{stamp}/{leaf}"
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session(profile_name=self.profile, **self.credentials)
+        return session.client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region,
+            config=Config(retries={"mode": "standard", "max_attempts": RETRIES},
+                          connect_timeout=10, read_timeout=60,
+                          max_pool_connections=CONCURRENCY * 4),
+        )
+
+    def extra_put_args(self) -> dict[str, str]:
+        args: dict[str, str] = {}
+        if self.sse != "none":
+            args["ServerSideEncryption"] = self.sse
+        if self.sse == "aws:kms" and self.kms_key_id:
+            args["SSEKMSKeyId"] = self.kms_key_id
+        if self.storage_class:
+            args["StorageClass"] = self.storage_class
+        return args
+
+
+def s3_config(settings: Settings) -> S3Config | None:
+    """None when BACKUP_S3_BUCKET is unset: everything then works locally."""
+    v = settings.values
+    bucket = (v.get("BACKUP_S3_BUCKET") or "").strip()
+    if not bucket:
+        return None
+    if "/" in bucket or not 3 <= len(bucket) <= 63:
+        raise ConfigError(f"BACKUP_S3_BUCKET {bucket!r} is not a bucket name.",
+                          "Give the bucket's name only, such as joot-supabase-backups.")
+    prefix = v.get("BACKUP_S3_PREFIX", "backups/").lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    sse = v.get("BACKUP_S3_SSE", "AES256").strip() or "AES256"
+    if sse not in SSE_CHOICES:
+        raise ConfigError(f"BACKUP_S3_SSE {sse!r} is not known.",
+                          "Use AES256 (default), aws:kms (with BACKUP_S3_KMS_KEY_ID) or none.")
+    endpoint = (v.get("AWS_ENDPOINT_URL") or "").strip() or None
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"AWS_ENDPOINT_URL {endpoint!r} is not an http(s) URL.")
+    creds = {}
+    if v.get("AWS_ACCESS_KEY_ID"):
+        creds["aws_access_key_id"] = v["AWS_ACCESS_KEY_ID"]
+        creds["aws_secret_access_key"] = v.get("AWS_SECRET_ACCESS_KEY", "")
+        if v.get("AWS_SESSION_TOKEN"):
+            creds["aws_session_token"] = v["AWS_SESSION_TOKEN"]
+    return S3Config(
+        bucket=bucket, prefix=prefix, endpoint_url=endpoint,
+        region=(v.get("AWS_REGION") or v.get("AWS_DEFAULT_REGION") or None),
+        sse=sse, kms_key_id=v.get("BACKUP_S3_KMS_KEY_ID") or None,
+        storage_class=v.get("BACKUP_S3_STORAGE_CLASS") or None,
+        credentials=creds, profile=v.get("AWS_PROFILE") or None,
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    """One plain phrase for an S3 failure (never credentials)."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{err.get('Code', 'error')} (HTTP {status}): {err.get('Message', '')}".strip()
+    if isinstance(exc, BotoCoreError):
+        return str(exc)
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+# -- upload --------------------------------------------------------------------------------
+
+
+class StreamUpload:
+    """Uploads a file while another process is still writing it.
+
+    `start()` opens the file and begins; parts go up as soon as they are on disk. `finish()`
+    (after the writer is done) uploads the rest, completes the upload, tags the object and puts
+    metadata.json last. `abort()` aborts the multipart upload. Progress goes to `on_progress`.
+    """
+
+    def __init__(self, config: S3Config, stamp: str, path: Path,
+                 on_progress: Callable[[int], None] | None = None) -> None:
+        self.config = config
+        self.key = config.key_for(stamp, ARCHIVE_KEY)
+        self.meta_key = config.key_for(stamp, META_KEY)
+        self.path = path
+        self.on_progress = on_progress or (lambda _n: None)
+        self._done_writing = threading.Event()
+        self._final_size = 0
+        self._aborted = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._client: Any = None
+        self.uploaded = 0
+
+    def start(self) -> None:
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name="s3-upload", daemon=True)
+        self._thread.start()
+
+    def _wait_for(self, end: int) -> bool:
+        """Block until the file holds `end` bytes or the writer is done; False if aborted."""
+        while not self._aborted.is_set():
+            if self._done_writing.is_set() or os.fstat(self._fd).st_size >= end:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _run(self) -> None:
+        try:
+            self._client = self.config.client()
+            offset, number = 0, 1
+            futures: list[Future[dict[str, Any]]] = []
+            with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+                while True:
+                    size = part_size(number)
+                    if not self._wait_for(offset + size):
+                        return
+                    available = (self._final_size if self._done_writing.is_set()
+                                 else os.fstat(self._fd).st_size)
+                    if available - offset >= size or (self._done_writing.is_set()
+                                                      and available > offset):
+                        length = min(size, available - offset)
+                        if number == 1 and self._done_writing.is_set() and length == available:
+                            self._single_put(length)
+                            return
+                        if self._upload_id is None:
+                            self._create()
+                        futures.append(pool.submit(self._part, number, offset, length))
+                        offset += length
+                        number += 1
+                        # Bound the data in flight (memory stays flat).
+                        while sum(not f.done() for f in futures) >= CONCURRENCY * 2:
+                            wait(futures, return_when=FIRST_EXCEPTION, timeout=0.5)
+                        for f in futures:
+                            if f.done() and f.exception() is not None:
+                                raise f.exception()  # type: ignore[misc]
+                    elif self._done_writing.is_set():
+                        break
+                for f in futures:
+                    self._parts.append(f.result())
+            if self._upload_id is not None:
+                self._parts.sort(key=lambda p: p["PartNumber"])
+                self._client.complete_multipart_upload(
+                    Bucket=self.config.bucket, Key=self.key, UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts})
+                self._upload_id = None
+            elif offset == 0:
+                self._single_put(0)
+        except BaseException as exc:  # reported by finish()
+            self._error = exc
+
+    def _create(self) -> None:
+        resp = self._client.create_multipart_upload(
+            Bucket=self.config.bucket, Key=self.key, ChecksumAlgorithm="SHA256",
+            **self.config.extra_put_args())
+        self._upload_id = resp["UploadId"]
+
+    def _read(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def _part(self, number: int, offset: int, length: int) -> dict[str, Any]:
+        body = self._read(offset, length)
+        resp = self._client.upload_part(
+            Bucket=self.config.bucket, Key=self.key, UploadId=self._upload_id,
+            PartNumber=number, Body=body, ChecksumAlgorithm="SHA256")
+        self.uploaded += length
+        self.on_progress(self.uploaded)
+        return {"PartNumber": number, "ETag": resp["ETag"],
+                "ChecksumSHA256": resp.get("ChecksumSHA256")}
+
+    def _single_put(self, length: int) -> None:
+        self._client.put_object(Bucket=self.config.bucket, Key=self.key,
+                                Body=self._read(0, length), ChecksumAlgorithm="SHA256",
+                                **self.config.extra_put_args())
+        self.uploaded = length
+        self.on_progress(length)
+
+    def finish(self, final_size: int, sha256: str, kind: str, meta: dict[str, Any]) -> str:
+        """The writer is done: upload the rest, tag, put metadata.json. Returns the key."""
+        self._final_size = final_size
+        self._done_writing.set()
+        assert self._thread is not None
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            self._client.put_object_tagging(
+                Bucket=self.config.bucket, Key=self.key,
+                Tagging={"TagSet": [{"Key": "kind", "Value": kind},
+                                    {"Key": "sha256", "Value": sha256}]})
+            body = json.dumps(meta, indent=2, ensure_ascii=False).encode()
+            self._client.put_object(Bucket=self.config.bucket, Key=self.meta_key, Body=body,
+                                    ContentType="application/json",
+                                    **self.config.extra_put_args())
+        except BaseException as exc:
+            self._abort_multipart()
+            raise OperationFailed(describe_error(exc)) from None
+        finally:
+            os.close(self._fd)
+        return self.key
+
+    def _abort_multipart(self) -> None:
+        if self._upload_id is not None and self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.abort_multipart_upload(Bucket=self.config.bucket, Key=self.key,
+                                                    UploadId=self._upload_id)
+            self._upload_id = None
+
+    def abort(self) -> None:
+        self._aborted.set()
+        self._done_writing.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._abort_multipart()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def upload_existing(config: S3Config, archive: Path, meta: dict[str, Any],
+                    on_progress: Callable[[int], None] | None = None) -> str:
+    """`pgrunbook upload`: ship a finished local backup."""
+    stamp = str(meta["name"])[:15]
+    up = StreamUpload(config, stamp, archive, on_progress)
+    up.start()
+    return up.finish(archive.stat().st_size, str(meta["archive"]["sha256"]), str(meta["kind"]),
+                     meta)
+
+
+# -- inventory -----------------------------------------------------------------------------
+
+
+@dataclass
+class S3Backup:
+    stamp: str
+    archive_key: str | None = None
+    size_bytes: int | None = None
+    meta: dict[str, Any] | None = None
+    meta_error: str | None = None
+    last_modified: datetime | None = None
+
+
+@dataclass
+class S3Inventory:
+    backups: dict[str, S3Backup]
+    orphaned_uploads: list[dict[str, Any]]
+
+
+def list_s3(config: S3Config, workers: int = 16) -> S3Inventory:
+    client = config.client()
+    found: dict[str, S3Backup] = {}
+    metas: dict[str, str] = {}
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=config.bucket, Prefix=config.prefix):
+        for obj in page.get("Contents", []):
+            rest = obj["Key"][len(config.prefix):]
+            stamp, _, leaf = rest.partition("/")
+            if not leaf:
+                continue
+            entry = found.setdefault(stamp, S3Backup(stamp))
+            if leaf == ARCHIVE_KEY:
+                entry.archive_key = obj["Key"]
+                entry.size_bytes = int(obj["Size"])
+                entry.last_modified = obj["LastModified"]
+            elif leaf == META_KEY:
+                metas[stamp] = obj["Key"]
+
+    def fetch(item: tuple[str, str]) -> tuple[str, dict[str, Any] | None, str | None]:
+        stamp, key = item
+        try:
+            body = client.get_object(Bucket=config.bucket, Key=key)["Body"].read()
+            return stamp, json.loads(body), None
+        except Exception as exc:
+            return stamp, None, f"metadata.json unreadable ({describe_error(exc)})"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for stamp, meta, error in pool.map(fetch, metas.items()):
+            found[stamp].meta = meta
+            found[stamp].meta_error = error
+    orphaned = []
+    cutoff = datetime.now(UTC) - timedelta(days=1)
+    for page in client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=config.bucket, Prefix=config.prefix):
+        for up in page.get("Uploads", []):
+            if up["Initiated"] < cutoff:
+                orphaned.append({"key": up["Key"], "upload_id": up["UploadId"],
+                                 "initiated": up["Initiated"].isoformat()})
+    return S3Inventory(found, orphaned)
+
+
+# -- download ------------------------------------------------------------------------------
+
+
+def download(config: S3Config, key: str, dest: Path,
+             on_progress: Callable[[int, int], None] | None = None) -> int:
+    """Parallel ranged GETs into `dest` (a new private file); each range retried on its own."""
+    client = config.client()
+    size = int(client.head_object(Bucket=config.bucket, Key=key)["ContentLength"])
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    done = 0
+    lock = threading.Lock()
+
+    def fetch(start: int) -> None:
+        nonlocal done
+        end = min(start + RANGE_SIZE, size) - 1
+        pos = start
+        for attempt in range(RETRIES):
+            try:
+                resp = client.get_object(Bucket=config.bucket, Key=key,
+                                         Range=f"bytes={pos}-{end}")
+                for chunk in _chunks(resp["Body"]):
+                    os.pwrite(fd, chunk, pos)
+                    pos += len(chunk)
+                    with lock:
+                        done += len(chunk)
+                        if on_progress:
+                            on_progress(done, size)
+                if pos > end:
+                    return
+            except Exception:
+                if attempt == RETRIES - 1:
+                    raise
+                time.sleep(min(0.2 * 2 ** attempt, 5))  # back-off, then resume at `pos`
+        raise OperationFailed(f"download of {key} kept failing at byte {pos}")
+
+    try:
+        os.ftruncate(fd, size)
+        with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+            list(pool.map(fetch, range(0, size, RANGE_SIZE)))
+        os.fsync(fd)
+    except BaseException as exc:
+        os.close(fd)
+        dest.unlink(missing_ok=True)
+        if isinstance(exc, OperationFailed):
+            raise
+        raise OperationFailed(f"download of s3://{config.bucket}/{key} failed: "
+                              f"{describe_error(exc)}",
+                              "Check the endpoint and credentials, then retry.") from None
+    os.close(fd)
+    return size
+
+
+def _chunks(body: Any) -> Iterator[bytes]:
+    while chunk := body.read(MiB):
+        yield chunk
