@@ -3,6 +3,7 @@ small fault-injecting HTTP proxy of our own in front of it."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import threading
@@ -19,7 +20,7 @@ class Rule:
 
     method: str
     path_contains: str
-    action: str  # "500", "503", "drop-mid-body"
+    action: str  # "500", "503", "drop-mid-body", "stall"
     times: int | None = 1
     query_contains: str = ""
     hits: int = 0
@@ -56,6 +57,13 @@ class FaultProxy:
                     self.send_header("Content-Type", "application/xml")
                     self.end_headers()
                     self.wfile.write(payload)
+                    return
+                if rule is not None and rule.action == "stall":
+                    # Say nothing until the client gives up and closes the connection.
+                    self.connection.settimeout(30)
+                    with contextlib.suppress(OSError):
+                        self.connection.recv(1)
+                    self.close_connection = True
                     return
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}

@@ -171,11 +171,12 @@ def test_uploads_and_downloads_survive_transient_faults(workspace: Workspace, se
     proxy.rules = [Rule("PUT", "database.backup", "500", times=1),
                    Rule("PUT", "database.backup", "503", times=1),
                    Rule("PUT", "metadata.json", "503", times=1),
-                   Rule("GET", "database.backup", "drop-mid-body", times=1)]
-    s3_env(workspace, bucket, proxy.url)
+                   Rule("GET", "database.backup", "drop-mid-body", times=1),
+                   Rule("PUT", "database.backup?tagging", "stall", times=1)]
+    s3_env(workspace, bucket, proxy.url, BACKUP_S3_TIMEOUT="2")
     out = json.loads(workspace.run("backup", "--json", check=True).stdout)
     assert out["upload_error"] is None and out["s3_key"]
-    assert [r.hits for r in proxy.rules[:3]] == [1, 1, 1]
+    assert [r.hits for r in proxy.rules] == [1, 1, 1, 0, 1]
     Path(out["path"]).unlink()
     Path(out["meta_path"]).unlink()
     proc = workspace.run("download", out["name"][:15])

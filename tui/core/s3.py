@@ -51,6 +51,7 @@ class S3Config:
     storage_class: str | None
     credentials: dict[str, str] = field(default_factory=dict, repr=False)
     profile: str | None = None
+    timeout: int = 60
 
     def key_for(self, stamp: str, leaf: str) -> str:
         return f"{self.prefix}{stamp}/{leaf}"
@@ -63,7 +64,7 @@ class S3Config:
         return session.client(
             "s3", endpoint_url=self.endpoint_url, region_name=self.region,
             config=Config(retries={"mode": "standard", "max_attempts": RETRIES},
-                          connect_timeout=10, read_timeout=60,
+                          connect_timeout=min(10, self.timeout), read_timeout=self.timeout,
                           max_pool_connections=CONCURRENCY * 4),
         )
 
@@ -97,6 +98,14 @@ def s3_config(settings: Settings) -> S3Config | None:
     endpoint = (v.get("AWS_ENDPOINT_URL") or "").strip() or None
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"AWS_ENDPOINT_URL {endpoint!r} is not an http(s) URL.")
+    raw_timeout = v.get("BACKUP_S3_TIMEOUT", "60")
+    try:
+        timeout = int(raw_timeout)
+        if timeout <= 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"BACKUP_S3_TIMEOUT must be a whole number of seconds, "
+                          f"not {raw_timeout!r}.") from None
     creds = {}
     if v.get("AWS_ACCESS_KEY_ID"):
         creds["aws_access_key_id"] = v["AWS_ACCESS_KEY_ID"]
@@ -108,7 +117,7 @@ def s3_config(settings: Settings) -> S3Config | None:
         region=(v.get("AWS_REGION") or v.get("AWS_DEFAULT_REGION") or None),
         sse=sse, kms_key_id=v.get("BACKUP_S3_KMS_KEY_ID") or None,
         storage_class=v.get("BACKUP_S3_STORAGE_CLASS") or None,
-        credentials=creds, profile=v.get("AWS_PROFILE") or None,
+        credentials=creds, profile=v.get("AWS_PROFILE") or None, timeout=timeout,
     )
 
 

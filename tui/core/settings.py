@@ -97,6 +97,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("BACKUP_S3_SSE", "AES256", "Server-side encryption: AES256, aws:kms or none."),
     SettingSpec("BACKUP_S3_KMS_KEY_ID", None, "KMS key id for BACKUP_S3_SSE=aws:kms."),
     SettingSpec("BACKUP_S3_STORAGE_CLASS", None, "Storage class, such as STANDARD_IA."),
+    SettingSpec("BACKUP_S3_TIMEOUT", "60", "Seconds without an answer before an S3 request is "
+                "retried."),
     SettingSpec("AWS_ENDPOINT_URL", None, "Endpoint of an S3-compatible store."),
     SettingSpec("AWS_REGION", None, "AWS region of the bucket."),
     SettingSpec("AWS_DEFAULT_REGION", None, "AWS region, if AWS_REGION is unset."),
