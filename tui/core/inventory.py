@@ -183,7 +183,7 @@ def merged_inventory(backup_dir: Path, s3: Any | None, verify: bool = False) -> 
         return entries
     from tui.core.s3 import list_s3
 
-    remote = list_s3(s3)
+    remote = list_s3(s3, cache_path=backup_dir / ".s3-metadata-cache.json")
     by_stamp = {e.name[:15]: e for e in entries if STAMP_RE.match(e.name)}
     for stamp, rb in remote.backups.items():
         local = by_stamp.get(stamp)

@@ -317,10 +317,18 @@ class S3Inventory:
     orphaned_uploads: list[dict[str, Any]]
 
 
-def list_s3(config: S3Config, workers: int = 16) -> S3Inventory:
+def list_s3(config: S3Config, workers: int = 16, cache_path: Path | None = None) -> S3Inventory:
+    """Every backup under the prefix (paged through), with its metadata.json. Metadata already
+    fetched is reused from `cache_path` while the object's ETag is unchanged, so listing a
+    bucket with thousands of backups costs one GET per new backup, not one per backup."""
     client = config.client()
     found: dict[str, S3Backup] = {}
     metas: dict[str, str] = {}
+    etags: dict[str, str] = {}
+    cache: dict[str, Any] = {}
+    if cache_path is not None:
+        with contextlib.suppress(OSError, ValueError):
+            cache = json.loads(cache_path.read_text())
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=config.bucket, Prefix=config.prefix):
         for obj in page.get("Contents", []):
@@ -335,6 +343,7 @@ def list_s3(config: S3Config, workers: int = 16) -> S3Inventory:
                 entry.last_modified = obj["LastModified"]
             elif leaf == META_KEY:
                 metas[stamp] = obj["Key"]
+                etags[obj["Key"]] = str(obj.get("ETag"))
 
     def fetch(item: tuple[str, str]) -> tuple[str, dict[str, Any] | None, str | None]:
         stamp, key = item
@@ -344,10 +353,25 @@ def list_s3(config: S3Config, workers: int = 16) -> S3Inventory:
         except Exception as exc:
             return stamp, None, f"metadata.json unreadable ({describe_error(exc)})"
 
+    todo = {}
+    for stamp, key in metas.items():
+        hit = cache.get(key)
+        if isinstance(hit, dict) and hit.get("etag") == etags[key] and hit.get("meta"):
+            found[stamp].meta = hit["meta"]
+        else:
+            todo[stamp] = key
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for stamp, meta, error in pool.map(fetch, metas.items()):
+        for stamp, meta, error in pool.map(fetch, todo.items()):
             found[stamp].meta = meta
             found[stamp].meta_error = error
+    if cache_path is not None:
+        fresh = {key: {"etag": etags[key], "meta": found[stamp].meta}
+                 for stamp, key in metas.items() if found[stamp].meta is not None}
+        if fresh != cache:
+            from tui.core.fsutil import atomic_write_bytes
+
+            with contextlib.suppress(OSError):
+                atomic_write_bytes(cache_path, json.dumps(fresh).encode())
     orphaned = []
     cutoff = datetime.now(UTC) - timedelta(days=1)
     for page in client.get_paginator("list_multipart_uploads").paginate(
