@@ -41,7 +41,10 @@ When the time goal or the verification goal fails (or with --diagnose), extra me
 where pgrunbook's time goes: the parts of each tool run from its own --json output (seconds,
 restore_seconds, verification.seconds), SHA-256 of the archive alone, `zstd -dq -o` of the
 archive alone, the table-of-contents read-back alone, the CLI's start-up, and `zstd -dq -o`
-followed by bare pg_restore with the tool's own flags (the tool's work without the Python).
+followed by bare pg_restore with the tool's own flags (the tool's work without the Python; with
+--diagnose this runs in every round, after bare). For every pgrunbook run, the lifetimes of its
+zstd, pg_restore and pg_dump children are polled every 20 ms (/proc/PID/task/PID/children), so
+the table shows how long pg_restore itself ran inside the tool.
 
 MB means 10^6 bytes. Exit code: 0 when all goals pass, 1 when a goal fails, 2 when a variant
 could not run. Without --keep-going the first variant that fails stops the benchmark.
@@ -61,6 +64,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -92,6 +96,45 @@ GOAL_TIME_RATIO = 1.05
 GOAL_VERIFY_RATIO = 1.05
 GOAL_RSS_MB = 150.0
 DEFAULT_REPEAT = 5
+
+
+class ChildWatcher(threading.Thread):
+    """Polls the direct children of a process every 20 ms and keeps, per child, its program name
+    (/proc/PID/comm after exec) and when it was first and last seen: how long the tool's zstd,
+    pg_restore and pg_dump ran, to within the polling interval."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.children: dict[int, list[Any]] = {}  # pid -> [comm, first_seen, last_seen]
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            now = time.perf_counter()
+            try:
+                with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                    pids = [int(x) for x in f.read().split()]
+            except (OSError, ValueError):
+                pids = []
+            for cpid in pids:
+                try:
+                    with open(f"/proc/{cpid}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    continue
+                entry = self.children.setdefault(cpid, [comm, now, now])
+                entry[0], entry[2] = comm, now
+            self._stop_event.wait(POLL_INTERVAL)
+
+    def stop(self) -> dict[str, float]:
+        """Seconds per program name (summed over its runs)."""
+        self._stop_event.set()
+        self.join()
+        out: dict[str, float] = {}
+        for comm, first, last in self.children.values():
+            out[comm] = out.get(comm, 0.0) + (last - first)
+        return out
 
 
 class RestoreBench(Bench):
@@ -233,7 +276,8 @@ class RestoreBench(Bench):
                 result.seconds = time.perf_counter() - t0
             result.procs = stats
             self._check(stats, result.key)
-            result.extra["zstd_seconds"] = t_unzstd - t0
+            result.extra["zstd_seconds"] = round(t_unzstd - t0, 2)
+            result.extra["pg_restore_seconds"] = round(result.seconds - (t_unzstd - t0), 2)
             self.check_restored(dbname, result)
         finally:
             tmp.unlink(missing_ok=True)
@@ -254,9 +298,13 @@ class RestoreBench(Bench):
                                         env=clean_env(), cwd=self.workdir)
                 poller = HwmPoller([proc.pid])
                 poller.start()
+                watcher = ChildWatcher(proc.pid)
+                watcher.start()
                 stats = wait_all([("pgrunbook", proc)], poller)
                 result.seconds = time.perf_counter() - t0
+                children = watcher.stop()
             result.procs = stats
+            result.extra["children_seconds"] = {k: round(v, 2) for k, v in children.items()}
             self._check(stats, result.key)
             report = json.loads(out_file.read_text(encoding="utf-8"))
             verification = report.get("verification")
@@ -418,12 +466,16 @@ def evaluate(results: list[Result], jobs: int) -> list[dict[str, Any]]:
 
 
 def print_breakdown(results: list[Result], diag: list[Result]) -> dict[str, Any]:
-    """Where pgrunbook's time goes, from its own --json output and the diagnostic runs."""
+    """Where pgrunbook's time goes, from its own --json output, its children's lifetimes and the
+    diagnostic runs."""
     log("")
-    log("Where pgrunbook's time goes (per run, from its --json: seconds = inside run_restore, "
-        "restore_seconds = zstd -dq -o + pg_restore):")
-    log(f"  {'run':38}   wall   start-up/exit  before pg_restore  "
-        "unzstd+pg_restore  verification")
+    log("Where pgrunbook's time goes (per run; seconds = inside run_restore and restore_seconds ="
+        " zstd -dq -o + pg_restore,")
+    log("  both from its --json; zstd / pg_restore / pg_dump = how long that child ran, polled "
+        "every 20 ms;")
+    log("  the full operation's zstd includes the safety backup's `zstd -3` and TOC read-backs):")
+    log(f"  {'run':38}   wall  start-up/exit  before restore      zstd  pg_restore  "
+        "verification  pg_dump")
     out: dict[str, Any] = {"runs": []}
     for r in results:
         if r.error or not r.key.startswith(("tool", "full")) or r.seconds is None:
@@ -432,14 +484,16 @@ def print_breakdown(results: list[Result], diag: list[Result]) -> dict[str, Any]
         ver = r.extra.get("verify_seconds") or 0.0
         if inner is None or rest is None:
             continue
+        kids = r.extra.get("children_seconds") or {}
         before = inner - rest - ver
-        out["runs"].append({"key": r.key, "wall": r.seconds, "startup_exit": r.seconds - inner,
-                            "before_restore": before, "restore": rest, "verify": ver})
-        safety = ""
-        if r.extra.get("safety_backup_seconds") is not None:
-            safety = f"  (safety backup {r.extra['safety_backup_seconds']:.2f} s of it)"
-        log(f"  {r.label:38} {r.seconds:6.2f}   {r.seconds - inner:12.2f}   {before:16.2f}   "
-            f"{rest:16.2f}   {ver:11.2f}{safety}")
+        row = {"key": r.key, "wall": r.seconds, "startup_exit": r.seconds - inner,
+               "before_restore": before, "restore": rest, "verify": ver,
+               "zstd": kids.get("zstd"), "pg_restore": kids.get("pg_restore"),
+               "pg_dump": kids.get("pg_dump")}
+        out["runs"].append(row)
+        log(f"  {r.label:38} {r.seconds:6.2f}  {r.seconds - inner:13.2f}  {before:14.2f}  "
+            f"{fmt(row['zstd']):>8}  {fmt(row['pg_restore']):>10}  {ver:12.2f}  "
+            f"{fmt(row['pg_dump']):>7}")
     if diag:
         log("  parts measured alone (best of 3 unless noted):")
         for d in diag:
@@ -451,24 +505,21 @@ def print_breakdown(results: list[Result], diag: list[Result]) -> dict[str, Any]
                 for k, v in d.extra.items() if v is not None and k != "database_size_bytes")
             log(f"    {d.label:58} {d.seconds:6.2f} s{'; ' + extra if extra else ''}")
     bare_runs = ok_runs(results, "bare")
-    tool_runs = [r for r in ok_runs(results, "tool") if not r.key.startswith("toolv")]
-    if bare_runs and tool_runs and out["runs"]:
+    parts = [p for p in out["runs"] if p["key"].startswith("tool")
+             and not p["key"].startswith("toolv")]
+    if bare_runs and parts:
         b = statistics.median(r.seconds or 0.0 for r in bare_runs)
-        t = statistics.median(r.seconds or 0.0 for r in tool_runs)
-        parts = [p for p in out["runs"] if p["key"].startswith("tool")
-                 and not p["key"].startswith("toolv")]
-        su = statistics.median(p["startup_exit"] for p in parts)
-        be = statistics.median(p["before_restore"] for p in parts)
-        rs = statistics.median(p["restore"] for p in parts)
-        log(f"  medians: tool {t:.2f} s - bare {b:.2f} s = {t - b:+.2f} s = start-up/exit "
-            f"{su:.2f} + before pg_restore {be:.2f} + (unzstd+pg_restore {rs:.2f} - bare "
-            f"{b:.2f} = {rs - b:+.2f})")
-        out["medians"] = {"bare": b, "tool": t, "startup_exit": su, "before_restore": be,
-                          "restore": rs}
-        unz = next((d for d in diag if d.key == "unzstd" and d.error is None), None)
-        if unz is not None and unz.seconds is not None:
-            log(f"    of which zstd -dq -o alone {unz.seconds:.2f} s, leaving pg_restore "
-                f"inside the tool {rs - unz.seconds - b:+.2f} s vs bare")
+        t = statistics.median(p["wall"] for p in parts)
+        med = {k: statistics.median(p[k] for p in parts)
+               for k in ("startup_exit", "before_restore", "restore")}
+        for k in ("zstd", "pg_restore"):
+            vals = [p[k] for p in parts if p[k] is not None]
+            med[k] = statistics.median(vals) if vals else None
+        log(f"  medians of the --no-verify runs: tool {t:.2f} s - bare {b:.2f} s = {t - b:+.2f} s"
+            f"; start-up/exit {med['startup_exit']:.2f}, before restore "
+            f"{med['before_restore']:.2f}, zstd {fmt(med['zstd'])}, pg_restore "
+            f"{fmt(med['pg_restore'])} (bare pg_restore: {b:.2f})")
+        out["medians"] = {"bare": b, "tool": t, **med}
     return out
 
 
@@ -493,7 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{tempfile.gettempdir()}); removed afterwards")
     diag = parser.add_mutually_exclusive_group()
     diag.add_argument("--diagnose", action="store_true", default=None,
-                      help="always run the diagnostic measurements")
+                      help="always run the diagnostic measurements, and in every round also "
+                           "`zstd -dq -o TMP` + pg_restore with the tool's flags (after bare)")
     diag.add_argument("--no-diagnose", dest="diagnose", action="store_false",
                       help="never run them (default: only when a time goal fails)")
     args = parser.parse_args(argv)
@@ -534,6 +586,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run(f"bare{i}", f"bare pg_restore -j{jobs} #{i}",
                     functools.partial(bench.bare_restore, dbname=f"rb_bare{i}", jobs=jobs),
                     f"rb_bare{i}")
+                if args.diagnose:
+                    run(f"emu{i}", f"zstd -dq -o + pg_restore, tool's flags #{i}",
+                        functools.partial(bench.unzstd_then_bare, dbname=f"rb_emu{i}",
+                                          jobs=jobs), f"rb_emu{i}")
                 run(f"tool{i}", f"pgrunbook --no-verify #{i}",
                     functools.partial(bench.tool_restore, dbname=f"rb_tool{i}", jobs=jobs,
                                       verify=False), f"rb_tool{i}")
