@@ -92,6 +92,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "PGRUNBOOK_CONNECT_TIMEOUT", "10", "Seconds to wait when connecting to a database."
     ),
+    SettingSpec("RUNBOOK_DIR", None, "Directory with your own runbooks (*.toml), besides runbooks/."),
+    SettingSpec("RUNBOOK_COMMAND_<NAME>", None,
+                "Command a runbook step runs by name (argv, split like a shell, never a shell)."),
+    SettingSpec("HEALTH_URL", None, "URL the smoke-test step GETs; 2xx means healthy."),
+    SettingSpec("CHAT_WEBHOOK_URL", None, "Slack-compatible webhook the notify steps post to.",
+                secret=True),
     SettingSpec("BACKUP_S3_BUCKET", None, "S3 bucket for off-site copies; unset: local only."),
     SettingSpec("BACKUP_S3_PREFIX", "backups/", "Key prefix in the bucket."),
     SettingSpec("BACKUP_S3_SSE", "AES256", "Server-side encryption: AES256, aws:kms or none."),
