@@ -54,19 +54,15 @@ EXIT_CODES_HELP = """exit codes:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    from humanize import naturalsize
+    from tui.core.fmt import size
 
-    return str(naturalsize(n, binary=False))
+    return size(n)
 
 
 def _age(dt: datetime | None, now: datetime | None = None) -> str:
-    if dt is None:
-        return "-"
-    from humanize import naturaldelta
+    from tui.core.fmt import age
 
-    return f"{naturaldelta((now or datetime.now(UTC)) - dt)} ago"
+    return age(dt, now)
 
 
 def _err(text: str) -> None:
@@ -556,6 +552,39 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def tui_problem() -> str | None:
+    """Why the full-screen UI cannot start here, in one line, or None."""
+    import locale
+    import shutil
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return ("the runbook UI needs a terminal; for scripts and cron use the commands "
+                "(pgrunbook --help).")
+    encoding = (sys.stdout.encoding or locale.getpreferredencoding(False) or "").lower()
+    if "utf" not in encoding:
+        return (f"the terminal's encoding is {encoding or 'unknown'}, not UTF-8: run "
+                "`export LANG=C.UTF-8` (or another UTF-8 locale) and try again.")
+    cols, rows = shutil.get_terminal_size((0, 0))
+    if cols < 80 or rows < 24:
+        return (f"the terminal is {cols}x{rows}; the runbook UI needs at least 80x24. "
+                "Enlarge the window (or tmux pane) and try again.")
+    return None
+
+
+def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
+    from tui.core.errors import ConfigError
+
+    problem = tui_problem()
+    if problem:
+        raise ConfigError(problem)
+    if os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT"):
+        os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+    from tui.app import make_app
+
+    make_app(settings).run()
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tui.core.demo import demo_dir, start_demo, stop_demo
 
@@ -582,6 +611,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             lock_wait_timeout=None, no_upload=False,
             exclude_schema=None, exclude_table_data=None, verbose=False, json=False), settings)
         _out()
+    if not args.no_tui and tui_problem() is None:
+        return cmd_tui(args, settings)
     cmd_list(argparse.Namespace(json=False, verify=False), settings)
     _out()
     _out("Try it against the demo database:")
@@ -699,7 +730,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backup", action="store_true",
                    help="take another backup even if the demo is already running")
     p.add_argument("--stop", action="store_true", help="stop and remove the demo database")
+    p.add_argument("--no-tui", action="store_true",
+                   help="print the inventory instead of opening the runbook UI")
     p.set_defaults(func=None, demo=True)
+
+    p = sub.add_parser("tui", help="open the runbook UI (also: pgrunbook with no command)")
+    p.set_defaults(func=cmd_tui)
     return parser
 
 
@@ -707,8 +743,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
+        if tui_problem() is not None:
+            parser.print_help()
+            return EXIT_USAGE
+        args.command, args.func = "tui", cmd_tui
     try:
         if args.command == "demo":
             return cmd_demo(args)

@@ -1,0 +1,126 @@
+"""The runbook TUI: a thin Textual face over the engine in `tui.core`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from functools import partial
+
+from textual.app import App
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+
+from tui.core.inventory import BackupEntry, merged_inventory
+from tui.core.runbook import Runbook, RunbookRun, load_runbooks
+from tui.core.s3 import s3_config
+from tui.core.settings import Settings
+from tui.screens.browser import BrowserScreen, HistoryScreen
+from tui.screens.help import HelpScreen
+from tui.screens.home import HomeScreen
+from tui.screens.modals import AskText
+from tui.screens.runner import RunnerScreen
+
+MIN_SIZE = (80, 24)
+
+
+class RunbookCommands(Provider):
+    """Runbooks and the main screens in the command palette."""
+
+    async def search(self, query: str) -> Hits:
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        matcher = self.matcher(query)
+        entries: list[tuple[str, Callable[[], object], str]] = [
+            (f"Runbook: {b.name}", partial(app.start_runbook, b.id), b.description)
+            for b in app.runbooks
+        ]
+        entries += [("Backup browser", app.action_browser, "every backup, local and S3"),
+                    ("History", app.action_history, "the audit trail")]
+        for title, callback, help_text in entries:
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), callback, help=help_text)
+
+
+class PgRunbookApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "pgrunbook"
+    COMMANDS = App.COMMANDS | {RunbookCommands}
+    BINDINGS = [
+        Binding("b", "browser", "Backups", id="go-browser", tooltip="Backup browser"),
+        Binding("r", "home", "Runbooks", id="go-home", tooltip="Home and runbooks"),
+        Binding("h", "history", "History", id="go-history", tooltip="Audit trail"),
+        Binding("question_mark", "help", "Help", id="help", tooltip="Keys"),
+        Binding("q", "quit_app", "Quit", id="quit", tooltip="Quit pgrunbook"),
+    ]
+
+    def __init__(self, settings: Settings, *, now: Callable[[], datetime] | None = None,
+                 runbooks: Iterable[Runbook] | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self._now = now or (lambda: datetime.now(UTC))
+        user_dir = settings.values.get("RUNBOOK_DIR")
+        from pathlib import Path
+
+        self.runbooks = list(runbooks) if runbooks is not None else load_runbooks(
+            Path(user_dir) if user_dir else None)
+        self.selected_backup: str | None = None
+        self.last_restore = None
+
+    def now(self) -> datetime:
+        return self._now()
+
+    def inventory(self) -> list[BackupEntry]:
+        try:
+            return merged_inventory(self.settings.backup_dir, s3_config(self.settings))
+        except Exception as exc:  # S3 down: show local, say why
+            from tui.core.inventory import list_backups
+
+            self.notify(f"S3 unavailable: {exc}", severity="warning")
+            return list_backups(self.settings.backup_dir)
+
+    def on_mount(self) -> None:
+        self.push_screen(HomeScreen())
+
+    def action_browser(self) -> None:
+        self.push_screen(BrowserScreen())
+
+    def action_history(self) -> None:
+        self.push_screen(HistoryScreen())
+
+    def action_home(self) -> None:
+        while len(self.screen_stack) > 2 and not isinstance(self.screen, RunnerScreen):
+            self.pop_screen()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_quit_app(self) -> None:
+        if isinstance(self.screen, RunnerScreen) and any(
+                w.is_running for w in self.screen.workers):
+            self.notify("An operation is running: cancel it first (c).", severity="warning")
+            return
+        self.exit()
+
+    def start_runbook(self, runbook_id: str) -> None:
+        book = next((b for b in self.runbooks if b.id == runbook_id), None)
+        if book is None:
+            self.notify(f"no runbook {runbook_id!r}", severity="error")
+            return
+        run = RunbookRun(book)
+        needs_reason = any(s.kind in ("restore", "backup") for s in book.steps)
+        if not needs_reason:
+            self.push_screen(RunnerScreen(run, None))
+            return
+
+        def go(reason: str | None) -> None:
+            if reason:
+                self.push_screen(RunnerScreen(run, reason))
+
+        self.push_screen(AskText(book.name, "Why? (the justification, recorded in the audit "
+                                 "trail and the report)", placeholder="e.g. INC-123: bad migration"),
+                         go)
+
+
+def make_app(settings: Settings, **kwargs: object) -> PgRunbookApp:
+    """One factory for `pgrunbook`, the demo and the tests."""
+    return PgRunbookApp(settings, **kwargs)  # type: ignore[arg-type]

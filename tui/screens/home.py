@@ -1,0 +1,96 @@
+"""Home: the target (production unmistakable), the newest backups, health, and the runbooks."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label, ListItem, ListView, Static
+
+from tui.core.fmt import age, size
+from tui.core.inventory import BackupEntry
+
+if TYPE_CHECKING:
+    from tui.app import PgRunbookApp
+
+
+def target_banner(app: PgRunbookApp) -> Static:
+    t = app.settings.target
+    if t.production:
+        text = (f" PRODUCTION  {t.name}  {t.host}:{t.port}/{t.dbname}  "
+                "— changes here affect live users ")
+        return Static(text, id="banner", classes="production")
+    return Static(f" target {t.name}  {t.host}:{t.port}/{t.dbname} ", id="banner")
+
+
+def health_lines(entries: list[BackupEntry], now: datetime) -> list[str]:
+    complete = [e for e in entries if e.complete]
+    lines = []
+    if not complete:
+        lines.append("[b red]No complete backup[/] — take one now.")
+    else:
+        newest = complete[0]
+        stale = newest.created_at is not None and now - newest.created_at > timedelta(hours=24)
+        mark = "[b red]over 24 hours old[/]" if stale else "[green]fresh[/]"
+        lines.append(f"Newest backup: {age(newest.created_at, now)} ({mark})")
+    total = sum(e.size_bytes or 0 for e in entries)
+    lines.append(f"Backups: {len(entries)}, {size(total)} in all")
+    drilled = [e for e in entries if (e.meta or {}).get("drill")]
+    if drilled:
+        d = drilled[0].meta["drill"]  # type: ignore[index]
+        from tui.core.inventory import _parse_time
+
+        lines.append(f"Last drill: {d.get('result')} {age(_parse_time(d.get('verified_at')), now)}")
+    else:
+        lines.append("Last drill: [yellow]never[/] — run the backup verification runbook")
+    problems = sum(1 for e in entries if e.problems)
+    if problems:
+        lines.append(f"[b yellow]{problems} backup(s) with problems[/] (press b)")
+    return lines
+
+
+class HomeScreen(Screen[None]):
+    def compose(self) -> ComposeResult:
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        yield target_banner(app)
+        with Horizontal(id="home-body"):
+            with Vertical(id="home-left"):
+                yield Label("Newest backups", classes="section")
+                yield DataTable(id="newest", cursor_type="row", zebra_stripes=True)
+                yield Label("Health", classes="section")
+                yield Static("", id="health")
+            with Vertical(id="home-right"):
+                yield Label("Runbooks (Enter to start)", classes="section")
+                yield ListView(*[ListItem(Label(b.name), id=f"rb-{b.id}")
+                                 for b in app.runbooks], id="runbooks")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#newest", DataTable)
+        table.add_columns("name", "kind", "age", "size")
+        self.refresh_data()
+        self.query_one("#runbooks", ListView).focus()
+
+    def refresh_data(self) -> None:
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        entries = app.inventory()
+        now = app.now()
+        table = self.query_one("#newest", DataTable)
+        table.clear()
+        for e in entries[:6]:
+            table.add_row(e.name[16:] or e.name, e.kind or "?", age(e.created_at, now),
+                          size(e.size_bytes), key=e.name)
+        self.query_one("#health", Static).update("\n".join(health_lines(entries, now)))
+
+    def on_screen_resume(self) -> None:
+        self.refresh_data()
+
+    def on_list_view_selected(self, event: ListView.Selected) -> None:
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        item_id = event.item.id or ""
+        app.start_runbook(item_id.removeprefix("rb-"))
+
+
