@@ -117,6 +117,7 @@ class RunnerScreen(Screen[None]):
         checklist.display = bool(step.items)
         self.update_status()
         if step.items:
+            checklist.highlighted = 0
             checklist.focus()
 
     def update_status(self, extra: str = "") -> None:

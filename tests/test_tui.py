@@ -1,0 +1,108 @@
+"""The runbook TUI with Pilot, against the real test PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from textual.widgets import DataTable, Input, Static
+
+from tests.conftest import Server, Workspace, clean_env
+from tui.app import make_app
+from tui.core.settings import load_settings
+from tui.screens.browser import BrowserScreen
+from tui.screens.modals import AskText, YesNo
+from tui.screens.runner import RunnerScreen
+
+FROZEN = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def settings_for(ws: Workspace, **extra: str):  # type: ignore[no-untyped-def]
+    ws.write_env(**extra)
+    return load_settings(env_file=ws.env_file, environ=clean_env())
+
+
+async def test_home_shows_target_backups_health_and_runbooks(workspace: Workspace) -> None:
+    workspace.run("backup", check=True)
+    app = make_app(settings_for(workspace, PGRUNBOOK_PRODUCTION_TARGETS="testdb"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        banner = str(app.screen.query_one("#banner", Static).render())
+        assert "PRODUCTION" in banner and "testdb" in banner
+        assert app.screen.query_one("#banner").has_class("production")
+        assert app.screen.query_one("#newest", DataTable).row_count == 1
+        health = str(app.screen.query_one("#health", Static).render())
+        assert "Newest backup" in health and "Last drill" in health
+        await pilot.press("question_mark")
+        assert app.screen.__class__.__name__ == "HelpScreen"
+        await pilot.press("escape")
+
+
+async def test_browser_lists_filters_sorts_and_details(workspace: Workspace) -> None:
+    for name in ("alpha", "bravo", "charlie"):
+        workspace.run("backup", name, check=True)
+    app = make_app(settings_for(workspace))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("b")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, BrowserScreen)
+        table = screen.query_one("#backups", DataTable)
+        assert table.row_count == 3
+        detail = str(screen.query_one("#detail", Static).render())
+        assert "rows per table" in detail and "public.rental" in detail
+        await pilot.press("slash")
+        await pilot.press(*"bravo")
+        await pilot.pause()
+        assert table.row_count == 1
+        screen.query_one("#filter", Input).value = ""
+        await pilot.press("enter")  # back to the table
+        await pilot.pause()
+        assert table.row_count == 3 and table.has_focus
+        await pilot.press("s")
+        assert table.row_count == 3 and screen.sort_col == 3
+
+
+async def test_standard_restore_runbook_walked_with_the_keyboard(workspace: Workspace,
+                                                                server: Server) -> None:
+    out = json.loads(workspace.run("backup", "--json", check=True).stdout)
+    meta = json.loads(Path(out["meta_path"]).read_text())
+    with server.connect(workspace.dbname) as conn:
+        conn.execute("DELETE FROM public.film_actor WHERE actor_id < 100")
+    app = make_app(settings_for(workspace))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.start_runbook("standard-restore")
+        await pilot.pause()
+        assert isinstance(app.screen, AskText)  # the justification comes first
+        await pilot.press(*"INC-1 test", "enter")
+        await pilot.pause()
+        runner = app.screen
+        assert isinstance(runner, RunnerScreen)
+        await pilot.press("n")  # blocked: required items unticked
+        assert runner.run_state.current == 0
+        checklist = runner.query_one("#checklist")
+        checklist.focus()
+        for _ in range(3):  # the three required items
+            await pilot.press("space", "down")
+        await pilot.pause()
+        await pilot.press("n")
+        assert runner.run_state.current == 1 and runner.run_state.state.step.kind == "restore"
+        await pilot.press("x")
+        for _ in range(200):
+            await pilot.pause(0.05)
+            if isinstance(app.screen, YesNo):
+                break
+        assert isinstance(app.screen, YesNo)
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert runner.run_state.states[1].status == "done", runner.run_state.states[1].detail
+        verdict = str(runner.query_one("#verdict", Static).render())
+        assert "VERIFICATION PASS" in verdict
+    counts = server.counts(workspace.dbname, [(t["schema"], t["name"]) for t in meta["tables"]])
+    assert counts == {(t["schema"], t["name"]): t["rows"] for t in meta["tables"]}
+    audit = [json.loads(x) for x in (workspace.backup_dir / "audit.log").read_text().splitlines()]
+    restore_end = [e for e in audit if e["operation"] == "restore" and e["event"] == "end"][-1]
+    assert restore_end["origin"] == "tui" and restore_end["reason"] == "INC-1 test"
