@@ -16,7 +16,9 @@ with one bucket; every pgrunbook run gets an env file with BACKUP_S3_BUCKET, AWS
 and dummy credentials, so pgrunbook talks to moto exactly as it would to S3 (multipart, 8 MiB
 parts, 4 in flight, SSE AES256 and SHA-256 part checksums by default).
 
-Variants, in rounds (--repeat N, default 5), each round in this order:
+Variants, in rounds (--repeat N, default 5); round 1 runs them in this order, round 2 starts
+with (b), round 3 with (c), and so on (the order rotates, so that no variant always runs first
+or always follows the same one; raw always follows its (a)):
 
     alone     pgrunbook --env-file ENV backup bench --no-upload --json        (a)
     raw       boto3 upload_file of (a)'s archive to moto, in a separate Python process,
@@ -38,8 +40,11 @@ Because moto runs in this process, this process's CPU time (getrusage RUSAGE_SEL
 request threads, plus this script's pollers, which are negligible) is reported per run as
 "moto CPU", and its peak RSS per run (VmHWM, reset through /proc/self/clear_refs before each
 run) as "moto RSS". moto's time inside its upload_part / complete_multipart_upload handlers
-is summed per run. The whole machine's busy CPU time (/proc/stat) is reported too: with 2
-vCPUs the machine has 2 CPU-seconds per wall second.
+is summed per run. The whole machine's busy CPU time (/proc/stat) and the PostgreSQL server's
+(the postmaster, its live children and the backends it reaped) are reported too; what the
+machine spent beyond the client processes, the server and moto is "other CPU" (other work on
+the shared VM), an indicator of how disturbed a run was. With 2 vCPUs the machine has
+2 CPU-seconds per wall second.
 
 Goals (each round's runs share the noisy VM's momentary speed, so the time goal is judged by
 the MEDIAN of the per-round ratios; best/best is printed as well):
@@ -103,6 +108,12 @@ DEFAULT_REPEAT = 5
 BUCKET = "pgrb-bench"
 REGION = "us-east-1"
 PREFIX = "backups/"  # pgrunbook's default BACKUP_S3_PREFIX
+ORDER = ("alone", "overlap", "sop")  # round i runs this order rotated by i-1
+
+
+def rotated(order: Sequence[str], n: int) -> list[str]:
+    n %= len(order)
+    return list(order[n:]) + list(order[:n])
 
 # The raw reference, run in its own interpreter so that it does not share this process's GIL
 # with moto's request threads (pgrunbook does not either). Prints the transfer time alone.
@@ -147,6 +158,34 @@ def self_status(field: bytes) -> int | None:
             if line.startswith(field + b":"):
                 return int(line.split()[1]) * 1024
     return None
+
+
+def tree_cpu(pid: int) -> float | None:
+    """CPU-seconds of a process, its live children, and the children it has reaped (for the
+    postmaster: every backend that has exited). Deltas of this are the server's CPU time."""
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def stat(p: int) -> list[str] | None:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+
+    own = stat(pid)
+    if own is None:
+        return None
+    total = sum(int(x) for x in own[11:15])  # utime stime cutime cstime
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        children = []
+    for child in children:
+        st = stat(child)
+        if st is not None:
+            total += int(st[11]) + int(st[12])
+    return total / hz
 
 
 def reset_self_hwm() -> bool:
@@ -273,6 +312,11 @@ class S3Bench(Bench):
         )
         self.kept_archive: Path | None = None
         self.info: dict[str, Any] = {}
+        try:
+            self.postmaster: int | None = int(
+                (cluster.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            self.postmaster = None
 
     # -- per-run accounting of moto and the machine -------------------------------------------
     @contextlib.contextmanager
@@ -280,12 +324,17 @@ class S3Bench(Bench):
         self.moto.reset_timings()
         hwm_reset = reset_self_hwm()
         result.extra["moto_rss_start_bytes"] = self_status(b"VmRSS")
+        server0 = tree_cpu(self.postmaster) if self.postmaster else None
         cpu0, (busy0, total0) = self_cpu(), machine_cpu()
         try:
             yield
         finally:
             cpu1, (busy1, total1) = self_cpu(), machine_cpu()
+            server1 = tree_cpu(self.postmaster) if self.postmaster else None
             result.extra["moto_cpu_seconds"] = round(cpu1 - cpu0, 3)
+            result.extra["server_cpu_seconds"] = (
+                round(server1 - server0, 3) if server0 is not None and server1 is not None
+                else None)
             result.extra["machine_busy_cpu_seconds"] = round(busy1 - busy0, 3)
             result.extra["machine_total_cpu_seconds"] = round(total1 - total0, 3)
             result.extra["moto_peak_rss_bytes"] = self_status(b"VmHWM") if hwm_reset else None
@@ -466,15 +515,28 @@ def round_of(key: str) -> str:
     return "".join(c for c in key if c.isdigit())
 
 
+def other_cpu(r: Result) -> float | None:
+    """Busy CPU-seconds of the machine not explained by the run's client processes, moto and the
+    PostgreSQL server: other work on the VM (kernel threads, other users' processes)."""
+    x = r.extra
+    parts = [x.get("machine_busy_cpu_seconds"), x.get("moto_cpu_seconds"),
+             x.get("server_cpu_seconds")]
+    if any(p is None for p in parts) or not r.procs:
+        return None
+    busy, moto, server = (float(p) for p in parts)  # type: ignore[arg-type]
+    return busy - moto - server - r.cpu_seconds
+
+
 def print_table(results: list[Result]) -> None:
     alone = {round_of(r.key): r for r in ok_runs(results, "alone")}
     headers = ["variant", "seconds", "vs (a)", "tool s", "dump pipeline s", "after it s",
-               "client CPU s", "moto CPU s", "machine busy", "moto RSS MB",
+               "client CPU s", "server CPU s", "moto CPU s", "other CPU s", "machine busy",
+               "moto RSS MB",
                "peak RSS MB (VmHWM/wait4)"]
     rows = []
     for r in results:
         if r.error:
-            rows.append([r.label, "FAILED", *["-"] * 8, r.error[:60]])
+            rows.append([r.label, "FAILED", *["-"] * 10, r.error[:60]])
             continue
         a = alone.get(round_of(r.key))
         ratio = f"{r.seconds / a.seconds:.3f}" if a and a.seconds and r.seconds else "-"
@@ -491,7 +553,8 @@ def print_table(results: list[Result]) -> None:
         rows.append([r.label, fmt(r.seconds), ratio, tool_s, fmt(x.get("pipeline_seconds")),
                      fmt(x.get("after_pipeline_seconds")),
                      f"{r.cpu_seconds:.1f}" if r.procs else "-",
-                     fmt(x.get("moto_cpu_seconds"), ".1f"), machine,
+                     fmt(x.get("server_cpu_seconds"), ".1f"),
+                     fmt(x.get("moto_cpu_seconds"), ".1f"), fmt(other_cpu(r), ".1f"), machine,
                      moto_rss, bb.rss_of(r)])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     log("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
@@ -578,6 +641,8 @@ def breakdown(results: list[Result]) -> dict[str, Any]:
             "upload_seconds": med([r.extra.get("upload_seconds") for r in runs]),
             "client_cpu_seconds": med([r.cpu_seconds for r in runs]),
             "moto_cpu_seconds": med([r.extra.get("moto_cpu_seconds") for r in runs]),
+            "server_cpu_seconds": med([r.extra.get("server_cpu_seconds") for r in runs]),
+            "other_cpu_seconds": med([other_cpu(r) for r in runs]),
             "machine_busy_cpu_seconds": med([r.extra.get("machine_busy_cpu_seconds")
                                              for r in runs]),
             "machine_total_cpu_seconds": med([r.extra.get("machine_total_cpu_seconds")
@@ -612,7 +677,9 @@ def print_breakdown(parts: dict[str, Any]) -> None:
         if p["backup_seconds"] is not None:
             bits.append(f"backup {fmt(p['backup_seconds'])} + upload {fmt(p['upload_seconds'])}")
         bits.append(f"client CPU {fmt(p['client_cpu_seconds'], '.1f')}")
+        bits.append(f"server CPU {fmt(p['server_cpu_seconds'], '.1f')}")
         bits.append(f"moto CPU {fmt(p['moto_cpu_seconds'], '.1f')}")
+        bits.append(f"other CPU {fmt(p['other_cpu_seconds'], '.1f')}")
         bits.append(f"machine busy {fmt(p['machine_busy_cpu_seconds'], '.1f')}/"
                     f"{fmt(p['machine_total_cpu_seconds'], '.1f')}")
         if p["moto_upload_part_calls"]:
@@ -674,15 +741,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.measure("warmup", "warm-up: (b) backup + upload (discarded)", bench.overlap,
                           record=False)
             for i in range(1, max(args.repeat, 1) + 1):
-                a = bench.measure(f"alone{i}", f"(a) backup --no-upload #{i}",
-                                  lambda r: bench.alone(r, keep=True))
-                if a.error is None:
-                    bench.measure(f"raw{i}", f"raw boto3 upload_file #{i}", bench.raw)
-                else:
-                    bench.cleanup()
-                bench.measure(f"overlap{i}", f"(b) backup + overlapped upload #{i}",
-                              bench.overlap)
-                bench.measure(f"sop{i}", f"(c) backup, then upload #{i}", bench.sop)
+                for variant in rotated(ORDER, i - 1):
+                    if variant == "alone":
+                        a = bench.measure(f"alone{i}", f"(a) backup --no-upload #{i}",
+                                          lambda r: bench.alone(r, keep=True))
+                        if a.error is None:
+                            bench.measure(f"raw{i}", f"raw boto3 upload_file #{i}", bench.raw)
+                        else:
+                            bench.cleanup()
+                    elif variant == "overlap":
+                        bench.measure(f"overlap{i}", f"(b) backup + overlapped upload #{i}",
+                                      bench.overlap)
+                    else:
+                        bench.measure(f"sop{i}", f"(c) backup, then upload #{i}", bench.sop)
         except Exception:  # noqa: BLE001 - measure() printed it; stop without --keep-going
             exit_code = 2
         with contextlib.suppress(Exception):
@@ -706,8 +777,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "after it s: the rest of the command.")
         log("  client CPU s: user+sys of the client processes and their children (pg_dump, "
             "zstd, pg_restore); not the PostgreSQL backend,")
-        log("  not moto. moto CPU s: this process (moto's threads). machine busy: busy/total "
-            "CPU-seconds of all CPUs (/proc/stat).")
+        log("  not moto. server CPU s: the PostgreSQL postmaster and its backends. moto CPU s: "
+            "this process (moto's threads).")
+        log("  machine busy: busy/total CPU-seconds of all CPUs (/proc/stat); other CPU s = "
+            "busy - client - server - moto: other work on the VM.")
         log("  moto RSS MB: this process's RSS at the start of the run -> its peak during it "
             "(VmHWM reset through /proc/self/clear_refs).")
         log("  peak RSS: VmHWM = that process alone (polled every 20 ms); wait4 = ru_maxrss, an "

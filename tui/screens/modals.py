@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label
+from textual.widgets import Input, Label, Static
 
 
 class AskText(ModalScreen[str | None]):
@@ -14,6 +14,7 @@ class AskText(ModalScreen[str | None]):
 
     With `must_equal`, only that exact text is accepted (a production database name)."""
 
+    AUTO_FOCUS = "#dialog-input"
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="modal-cancel", tooltip="Cancel")]
 
     def __init__(self, title: str, prompt: str, *, must_equal: str | None = None,
@@ -28,7 +29,7 @@ class AskText(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="danger" if self.danger else ""):
             yield Label(self.title_text, id="dialog-title")
-            yield Label(self.prompt, id="dialog-prompt")
+            yield Static(self.prompt, id="dialog-prompt")
             yield Input(placeholder=self.placeholder, id="dialog-input")
             yield Label("", id="dialog-error")
 
@@ -59,7 +60,7 @@ class YesNo(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="danger"):
-            yield Label(self.question, id="dialog-prompt")
+            yield Static(self.question, id="dialog-prompt")
             yield Label("[b]y[/b] yes   [b]n[/b] no", id="dialog-keys")
 
     def action_answer(self, value: bool) -> None:

@@ -48,6 +48,7 @@ LOG_LINES = 5000
 
 
 class RunnerScreen(Screen[None]):
+    AUTO_FOCUS = "#checklist"
     BINDINGS = [
         Binding("x", "run_step", "Run step", id="runner-run", tooltip="Run this step's action"),
         Binding("n", "next_step", "Next", id="runner-next", tooltip="Go to the next step"),
@@ -89,6 +90,8 @@ class RunnerScreen(Screen[None]):
         self.query_one("#counts", DataTable).add_columns("table", "expected", "actual", "diff",
                                                          "status")
         self.set_interval(0.1, self._flush_log)
+        # The step list is a display: keys go to the checklist and the bindings.
+        self.query_one("#steps", ListView).can_focus = False
         self.render_steps()
         self.show_step()
 
@@ -118,12 +121,16 @@ class RunnerScreen(Screen[None]):
         self.update_status()
         if step.items:
             checklist.highlighted = 0
-            checklist.focus()
+            self.call_after_refresh(checklist.focus)
 
     def update_status(self, extra: str = "") -> None:
         st = self.run_state.state
         blocked = self.run_state.blocked_reason()
         parts = [f"state: {st.status}"]
+        required = [i for i, item in enumerate(st.step.items) if item.required]
+        if required:
+            ticked = sum(1 for i in required if i in st.ticked)
+            parts.append(f"{ticked}/{len(required)} required ticked")
         if st.reason:
             parts.append(f"skipped: {st.reason}")
         if st.detail:
@@ -288,7 +295,7 @@ class RunnerScreen(Screen[None]):
         t = app.settings.target
         answer = await self.app.push_screen_wait(AskText(
             "Confirm the target", f"Type the database name of {t.name} ({t.host}) to confirm:",
-            must_equal=t.dbname, danger=t.production, placeholder=t.dbname))
+            must_equal=t.dbname, danger=t.production, placeholder="database name"))
         if answer != t.dbname:
             raise PgRunbookError("not confirmed", "Run the step again to confirm.")
         return f"confirmed {t.dbname}"
