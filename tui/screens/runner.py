@@ -92,6 +92,7 @@ class RunnerScreen(Screen[None]):
         self.set_interval(0.1, self._flush_log)
         # The step list is a display: keys go to the checklist and the bindings.
         self.query_one("#steps", ListView).can_focus = False
+        self.query_one("#progress", ProgressBar).display = False  # until an operation reports
         self.render_steps()
         self.show_step()
 
@@ -183,8 +184,10 @@ class RunnerScreen(Screen[None]):
         elif isinstance(event, Notice):
             self._write(f"{event.level}: {event.message}")
         elif isinstance(event, DumpProgress):
+            bar.display = True
             bar.update(total=event.expected_bytes or None, progress=event.bytes_written)
         elif isinstance(event, Progress):
+            bar.display = True
             bar.update(total=event.total or None, progress=event.done)
 
     def _write(self, line: str) -> None:
