@@ -67,9 +67,10 @@ class Tmux:
     def type(self, text: str) -> None:
         self("send-keys", "-t", "t", "-l", text)
 
-    def enter_text(self, text: str) -> None:
-        """Type into the focused input; keys sent before the dialog took focus are lost, so
-        retype until the whole text shows."""
+    def enter_text(self, text: str, placeholder: str) -> None:
+        """Type into the dialog's input once it is drawn (its placeholder shows); keys sent
+        before it took focus are lost, so retype until the whole text shows."""
+        self.wait(placeholder)
         for _ in range(5):
             self.keys("C-u")
             self.type(text)
@@ -79,6 +80,18 @@ class Tmux:
             except AssertionError:
                 continue
         self.keys("Enter")
+
+    def tick(self, done: int, total: int) -> None:
+        """Tick the highlighted item; a key sent before the list had focus is lost, so press
+        again while the count still shows the old value."""
+        for _ in range(5):
+            self.keys("Space")
+            try:
+                self.wait(f"{done}/{total} required ticked", timeout=2)
+                return
+            except AssertionError:
+                assert f"{done - 1}/{total} required ticked" in self.screen()
+        raise AssertionError(self.screen())
 
     def wait(self, text: str, timeout: float = 90) -> str:
         deadline = time.monotonic() + timeout
@@ -116,12 +129,11 @@ def test_emergency_restore_runbook_walked_in_tmux(workspace: Workspace, server: 
         tmux.wait("Runbooks (Enter to start)")
         tmux.keys("Down", "Enter")  # the second runbook: Emergency restore
         tmux.wait("Why?")
-        tmux.enter_text("INC-42 bad delete")
+        tmux.enter_text("INC-42 bad delete", "e.g. INC-123")
         tmux.wait("0/2 required ticked")
-        tmux.keys("Space")
-        tmux.wait("1/2 required ticked")
-        tmux.keys("Down", "Space")
-        tmux.wait("2/2 required ticked")
+        tmux.tick(1, 2)
+        tmux.keys("Down")
+        tmux.tick(2, 2)
         tmux.keys("n")
         tmux.wait("Step 2/10")
         tmux.keys("x")
@@ -130,7 +142,7 @@ def test_emergency_restore_runbook_walked_in_tmux(workspace: Workspace, server: 
         tmux.wait("Step 3/10")
         tmux.keys("x")
         tmux.wait("Impact for users")
-        tmux.enter_text("read-only for 15 minutes")
+        tmux.enter_text("read-only for 15 minutes", "e.g. read-only")
         tmux.wait("posted to the chat")
         tmux.keys("n")
         tmux.wait("Step 4/10")
@@ -140,7 +152,7 @@ def test_emergency_restore_runbook_walked_in_tmux(workspace: Workspace, server: 
         tmux.wait("Step 5/10")
         tmux.keys("x")
         tmux.wait("Type the database name")
-        tmux.enter_text(workspace.dbname)
+        tmux.enter_text(workspace.dbname, "database name")
         tmux.wait("confirmed")
         tmux.keys("n")
         tmux.wait("Step 6/10")
@@ -164,7 +176,7 @@ def test_emergency_restore_runbook_walked_in_tmux(workspace: Workspace, server: 
         tmux.wait("Step 10/10")
         tmux.keys("x")
         tmux.wait("Impact for users")
-        tmux.enter_text("nothing")
+        tmux.enter_text("nothing", "e.g. read-only")
         tmux.wait("posted to the chat")
         tmux.keys("n")
         tmux.wait("runbook complete")
@@ -178,3 +190,55 @@ def test_emergency_restore_runbook_walked_in_tmux(workspace: Workspace, server: 
     reports = list((workspace.path / "reports").glob("runbook_*_emergency-restore.md"))
     assert len(reports) == 1 and "INC-42 bad delete" in reports[0].read_text()
     assert list(workspace.backup_dir.glob("*_emergency_pre_rollback.backup"))
+
+
+def test_cancel_mid_restore_leaves_the_safety_backup_and_a_clear_screen(
+    workspace: Workspace, server: Server, tmp_path: Path
+) -> None:
+    workspace.run("backup", check=True)
+    # pg_restore's first CREATE TABLE waits on an advisory lock the test holds (see
+    # test_restore.py): the restore is running, and stays there until cancelled.
+    with server.connect(workspace.dbname) as conn:
+        conn.execute("""CREATE SCHEMA blocker;
+            CREATE FUNCTION blocker.wait() RETURNS event_trigger LANGUAGE plpgsql AS
+            $$ BEGIN PERFORM pg_advisory_lock(4243); PERFORM pg_advisory_unlock(4243); END $$;
+            CREATE EVENT TRIGGER blocker ON ddl_command_start WHEN TAG IN ('CREATE TABLE')
+            EXECUTE FUNCTION blocker.wait();""")
+    holder = server.connect(workspace.dbname)
+    holder.execute("SET application_name = 'pgrunbook'")
+    holder.execute("SELECT pg_advisory_lock(4243)")
+    tmux = Tmux(tmp_path / "tmux.sock")
+    cmd = (f"cd {shlex.quote(str(workspace.path))} && env LANG=C.UTF-8 "
+           f"PATH={shlex.quote(clean_env()['PATH'])} {shlex.quote(sys.executable)} -m tui")
+    tmux("new-session", "-d", "-s", "t", "-x", "80", "-y", "24", cmd)
+    try:
+        tmux.wait("Runbooks (Enter to start)")
+        tmux.keys("Down", "Down", "Down", "Enter")  # the fourth runbook: Standard restore
+        tmux.wait("Why?")
+        tmux.enter_text("cancel test", "e.g. INC-123")
+        tmux.wait("0/3 required ticked")
+        for n in (1, 2, 3):
+            tmux.tick(n, 3)
+            tmux.keys("Down")
+        tmux.keys("n")
+        tmux.wait("Step 2/4")
+        tmux.keys("x")
+        tmux.wait("replacing its data?", timeout=60)
+        tmux.keys("y")
+        tmux.wait("End these sessions", timeout=60)  # the test's own session is listed
+        tmux.keys("y")
+        tmux.wait("replacing its data?")  # the restore starts again and asks again
+        tmux.keys("y")
+        tmux.wait("creating TABLE", timeout=120)  # pg_restore waits on the test's lock
+        tmux.keys("c")
+        tmux.wait("Stop the running operation?")
+        tmux.keys("y")
+        screen = tmux.wait("cancelled by the operator", timeout=60)
+        assert "state: failed" in screen and "Traceback" not in screen
+    finally:
+        tmux("kill-server")
+        holder.close()
+    assert list(workspace.backup_dir.glob("*_emergency_pre_rollback.backup"))
+    audit = [json.loads(x) for x in (workspace.backup_dir / "audit.log").read_text().splitlines()]
+    end = [e for e in audit if e["operation"] == "restore" and e["event"] == "end"][-1]
+    assert end["result"] == "interrupted" and end["safety_backup"]

@@ -108,6 +108,7 @@ DEFAULT_REPEAT = 5
 BUCKET = "pgrb-bench"
 REGION = "us-east-1"
 PREFIX = "backups/"  # pgrunbook's default BACKUP_S3_PREFIX
+DISTURBED = 0.10  # "other CPU" above this share of the machine's CPU time: a disturbed run
 ORDER = ("alone", "overlap", "sop")  # round i runs this order rotated by i-1
 
 
@@ -344,7 +345,8 @@ class S3Bench(Bench):
     def _run_cli(self, result: Result, name: str, args: list[str], tag: str,
                  t_origin: float) -> tuple[ProcStats, str, dict[str, float]]:
         """Run `pgrunbook --env-file S3ENV ARGS`, polled; returns its stats, its stdout, and
-        (relative to t_origin) when its first pg_dump and first zstd were last seen."""
+        (relative to t_origin) when its longest-lived pg_dump and zstd children were last seen:
+        those of the dump pipeline, not the `--version` probes or the TOC read-back."""
         out_file = self.workdir / f"{result.key}.{tag}.stdout"
         argv = [str(self.pgrunbook), "--env-file", str(self.s3_env_file), *args]
         with self._err_file(result.key).open("ab") as err, out_file.open("wb") as out:
@@ -357,9 +359,11 @@ class S3Bench(Bench):
             stats = wait_all([(name, proc)], poller)
             watcher.stop()
         marks: dict[str, float] = {}
-        for comm, _first, last in sorted(watcher.children.values(), key=lambda c: c[1]):
-            if comm in ("pg_dump", "zstd") and comm not in marks:
-                marks[comm] = last - t_origin  # the dump pipeline's, not the TOC read-back's
+        for comm in ("pg_dump", "zstd"):
+            lives = [(last - first, last) for c, first, last in watcher.children.values()
+                     if c == comm]
+            if lives:
+                marks[comm] = max(lives)[1] - t_origin
         self._check(stats, result.key)
         return stats[0], out_file.read_text(encoding="utf-8"), marks
 
@@ -423,7 +427,7 @@ class S3Bench(Bench):
             "internal_seconds": out.get("duration_seconds"),
             "pipeline_seconds": round(end, 3) if end is not None else None,
             "after_pipeline_seconds": round(wall - end, 3) if end is not None else None,
-            "pg_dump_seen_until": round(marks["pg_dump"], 3) if "pg_dump" in marks else None,
+            "pg_dump_ended": round(marks["pg_dump"], 3) if "pg_dump" in marks else None,
             "s3_key": out.get("s3_key"),
         })
 
@@ -661,7 +665,7 @@ def breakdown(results: list[Result]) -> dict[str, Any]:
 
 def print_breakdown(parts: dict[str, Any]) -> None:
     log("")
-    log("Where the time goes (medians per variant; dump pipeline = until the tool's first zstd "
+    log("Where the time goes (medians per variant; dump pipeline = until the tool's dump-pipeline zstd "
         "(or pg_dump) was last seen,")
     log("  polled every 20 ms; moto CPU = this process's CPU time; machine busy = all CPUs, of "
         "2 x wall on 2 vCPUs):")
@@ -690,6 +694,16 @@ def print_breakdown(parts: dict[str, Any]) -> None:
             bits.append(f"moto peak {p['moto_peak_rss_bytes'] / MB:.0f} MB "
                         f"(+{(p['moto_rss_growth_bytes'] or 0) / MB:.0f} MB in the run)")
         log(f"  {labels[key]:32} " + "; ".join(bits))
+
+
+def disturbed(results: list[Result]) -> list[str]:
+    """Runs in which other work on the VM took more than 10% of the machine's CPU time."""
+    out = []
+    for r in results:
+        other, total = other_cpu(r), r.extra.get("machine_total_cpu_seconds")
+        if r.error is None and other is not None and total and other > DISTURBED * total:
+            out.append(f"{r.label} ({other:.1f} of {total:.1f} CPU-s)")
+    return out
 
 
 def print_comparisons(comparisons: list[dict[str, Any]]) -> None:
@@ -773,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(results)
         log("  vs (a): against the backup-alone run of the same round. tool s: the tool's own "
             "duration_seconds (for (c): backup + upload wall).")
-        log("  dump pipeline s: until the first zstd child was last seen (polled every 20 ms); "
+        log("  dump pipeline s: until the dump pipeline's zstd child was last seen (polled every 20 ms); "
             "after it s: the rest of the command.")
         log("  client CPU s: user+sys of the client processes and their children (pg_dump, "
             "zstd, pg_restore); not the PostgreSQL backend,")
@@ -791,6 +805,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         bb.print_goals(goals)
         print_comparisons(comparisons)
         print_breakdown(parts)
+        noisy = disturbed(results)
+        if noisy:
+            log("")
+            log(f"Warning: other work on the VM took more than {DISTURBED:.0%} of the CPU time "
+                f"in {len(noisy)} runs; their times (and their rounds' ratios) are not "
+                "representative:")
+            for line in noisy:
+                log(f"  {line}")
         if any(g["status"] != "PASS" for g in goals):
             exit_code = max(exit_code, 1)
 
@@ -807,6 +829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "goals": goals,
                 "comparisons": comparisons,
                 "breakdown": parts,
+                "disturbed_runs": noisy,
                 "units": {"size": "bytes", "rss": "bytes", "time": "seconds"},
             }
             Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

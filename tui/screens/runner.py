@@ -93,6 +93,7 @@ class RunnerScreen(Screen[None]):
         # The step list is a display: keys go to the checklist and the bindings.
         self.query_one("#steps", ListView).can_focus = False
         self.query_one("#progress", ProgressBar).display = False  # until an operation reports
+        self.query_one("#counts", DataTable).display = False  # until there is a verification
         self.render_steps()
         self.show_step()
 
@@ -119,10 +120,10 @@ class RunnerScreen(Screen[None]):
             checklist.add_option((item.text + ("" if item.required else "  (optional)"), i,
                                   i in st.ticked))
         checklist.display = bool(step.items)
-        self.update_status()
         if step.items:
             checklist.highlighted = 0
-            self.call_after_refresh(checklist.focus)
+            checklist.focus()
+        self.update_status()
 
     def update_status(self, extra: str = "") -> None:
         st = self.run_state.state
@@ -147,6 +148,7 @@ class RunnerScreen(Screen[None]):
 
     def show_verification(self, report: VerifyReport) -> None:
         table = self.query_one("#counts", DataTable)
+        table.display = True
         table.clear()
         for r in report.ordered():
             actual = "missing" if r.actual is None else f"{r.actual:,}"
@@ -328,9 +330,23 @@ class RunnerScreen(Screen[None]):
         from tui.core.restore import RestoreRequest, run_restore
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
+        from tui.core.errors import OperationFailed
+
         spec = self._backup_spec(step.options.get("backup", "latest"))
-        result = await run_restore(app.settings, RestoreRequest(
-            backup=spec, reason=self.reason, origin="tui"), self.emit, ask=self._ask_restore)
+        request = RestoreRequest(backup=spec, reason=self.reason, origin="tui")
+        try:
+            result = await run_restore(app.settings, request, self.emit, ask=self._ask_restore)
+        except OperationFailed as exc:
+            if "other session(s) are connected" not in exc.message:
+                raise
+            self._write(f"refused: {exc.message}")
+            if not await self.app.push_screen_wait(YesNo(
+                    f"{exc.message}\nEnd these sessions and restore? (put the application in "
+                    "maintenance mode first)")):
+                raise
+            request = RestoreRequest(backup=spec, reason=self.reason, origin="tui",
+                                     terminate_connections=True)
+            result = await run_restore(app.settings, request, self.emit, ask=self._ask_restore)
         self.restored = result.backup
         app.last_restore = result
         if result.verify is not None:
