@@ -242,3 +242,26 @@ def test_cancel_mid_restore_leaves_the_safety_backup_and_a_clear_screen(
     audit = [json.loads(x) for x in (workspace.backup_dir / "audit.log").read_text().splitlines()]
     end = [e for e in audit if e["operation"] == "restore" and e["event"] == "end"][-1]
     assert end["result"] == "interrupted" and end["safety_backup"]
+
+
+def test_a_small_or_missing_terminal_gets_one_clear_line(workspace: Workspace,
+                                                         tmp_path: Path) -> None:
+    proc = workspace.run("tui")
+    assert proc.returncode == 2 and "needs a terminal" in proc.stderr
+    tmux = Tmux(tmp_path / "tmux.sock")
+    cmd = (f"cd {shlex.quote(str(workspace.path))} && env LANG=C.UTF-8 "
+           f"{shlex.quote(sys.executable)} -m tui; sleep 30")
+    tmux("new-session", "-d", "-s", "t", "-x", "70", "-y", "20", cmd)
+    try:
+        screen = tmux.wait("needs at least 80x24", timeout=30)
+        assert "70x20" in screen and "Traceback" not in screen
+    finally:
+        tmux("kill-server")
+    tmux("new-session", "-d", "-s", "t", "-x", "80", "-y", "24",
+         f"cd {shlex.quote(str(workspace.path))} && env LANG=C LC_ALL=C "
+         f"{shlex.quote(sys.executable)} -m tui; sleep 30")
+    try:
+        screen = tmux.wait("not UTF-8", timeout=30)
+        assert "C.UTF-8" in screen
+    finally:
+        tmux("kill-server")

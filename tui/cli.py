@@ -560,11 +560,16 @@ def tui_problem() -> str | None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         return ("the runbook UI needs a terminal; for scripts and cron use the commands "
                 "(pgrunbook --help).")
-    encoding = (sys.stdout.encoding or locale.getpreferredencoding(False) or "").lower()
-    if "utf" not in encoding:
-        return (f"the terminal's encoding is {encoding or 'unknown'}, not UTF-8: run "
-                "`export LANG=C.UTF-8` (or another UTF-8 locale) and try again.")
-    cols, rows = shutil.get_terminal_size((0, 0))
+    # The terminal's character set comes from the locale (Python itself may run in UTF-8 mode).
+    ctype = (os.environ.get("LC_ALL") or os.environ.get("LC_CTYPE") or os.environ.get("LANG")
+             or locale.setlocale(locale.LC_CTYPE, None) or "")
+    if "utf-8" not in ctype.lower().replace("utf8", "utf-8"):
+        return (f"the locale is {ctype or 'unset'}, not UTF-8: run `export LANG=C.UTF-8` "
+                "(or another UTF-8 locale) and try again.")
+    try:  # the terminal itself, not COLUMNS/LINES left in the environment
+        cols, rows = os.get_terminal_size(sys.stdout.fileno())
+    except OSError:
+        cols, rows = shutil.get_terminal_size((0, 0))
     if cols < 80 or rows < 24:
         return (f"the terminal is {cols}x{rows}; the runbook UI needs at least 80x24. "
                 "Enlarge the window (or tmux pane) and try again.")
@@ -743,10 +748,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        if tui_problem() is not None:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
             parser.print_help()
             return EXIT_USAGE
-        args.command, args.func = "tui", cmd_tui
+        args.command, args.func = "tui", cmd_tui  # says why, if the terminal will not do
     try:
         if args.command == "demo":
             return cmd_demo(args)

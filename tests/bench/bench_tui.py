@@ -621,7 +621,7 @@ def restore_line(i: int) -> Any:
 
 
 async def stream_part(workdir: Path, lines: int, feed: str, chunk: int,
-                      probes: int) -> dict[str, Any]:
+                      probes: int, trace: bool = False) -> dict[str, Any]:
     from textual.widgets import Log
 
     from tui.app import make_app
@@ -648,7 +648,7 @@ async def stream_part(workdir: Path, lines: int, feed: str, chunk: int,
     frames = Frames()
     frames.install()
     out: dict[str, Any] = {"lines": lines, "feed": feed, "chunk": chunk if feed == "loop" else 1,
-                           "probes": probes, "make_event_us": make_us}
+                           "probes": probes, "make_event_us": make_us, "trace": trace}
     app = make_app(pilot_settings(workdir))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
@@ -687,6 +687,10 @@ async def stream_part(workdir: Path, lines: int, feed: str, chunk: int,
                 f = await frames.wait(lambda f: f[1] == "RunnerScreen", start, 60)
                 close_lat.append(f[0] - t)
 
+        if trace:
+            import tracemalloc
+
+            tracemalloc.start()
         frame_start = len(frames.items)
         prober = asyncio.create_task(probe_keys())
         t0 = time.perf_counter()
@@ -710,6 +714,8 @@ async def stream_part(workdir: Path, lines: int, feed: str, chunk: int,
             while thread.is_alive():
                 await asyncio.sleep(0.02)
         feed_s = time.perf_counter() - t0
+        if trace:
+            out["traced_at_end_of_feed"], out["traced_peak"] = tracemalloc.get_traced_memory()
         finished = True
         await prober
         runner_frames = [f for f in frames.items[frame_start:]
@@ -735,6 +741,9 @@ async def stream_part(workdir: Path, lines: int, feed: str, chunk: int,
         })
         out["after"] = proc_status()
         out["smaps_after"] = smaps_summary()
+        if trace:
+            out["traced_after"] = tracemalloc.get_traced_memory()[0]
+            tracemalloc.stop()
     out["hwm"] = proc_status().get("VmHWM")
     return out
 
@@ -799,7 +808,7 @@ def child_main(args: argparse.Namespace) -> int:
         result = asyncio.run(help_part(Path(spec["workdir"]), spec["cycles"]))
     else:
         result = asyncio.run(stream_part(Path(spec["workdir"]), spec["lines"], spec["feed"],
-                                         spec["chunk"], spec["probes"]))
+                                         spec["chunk"], spec["probes"], spec.get("trace", False)))
     Path(spec["out"]).write_text(json.dumps(result))
     return 0
 
@@ -946,6 +955,17 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
                   f"{mb(sb['anon'])} -> {mb(sa['anon'])} MB ({sb['anon_maps']} -> "
                   f"{sa['anon_maps']} maps); building one event {s['make_event_us']:.1f} us")
             print(f"      {machine_line(s['machine'])}")
+        tr = res.get("stream_trace")
+        if tr:
+            print(f"   diagnostic (not a goal): loop feed, no keys, under tracemalloc: Python "
+                  f"allocations traced from the start of feeding: peak {mb(tr['traced_peak'])} "
+                  f"MB, {mb(tr['traced_at_end_of_feed'])} MB live at the end of feeding, "
+                  f"{mb(tr['traced_after'])} MB after the last flush; VmRSS "
+                  f"{mb(tr['before'].get('VmRSS'))} -> {mb(tr['after'].get('VmRSS'))} MB, "
+                  f"VmHWM {mb(tr['hwm'])} MB (tracemalloc's own tables included); anonymous "
+                  f"maps {mb(tr['smaps_before']['anon'])} -> {mb(tr['smaps_after']['anon'])} "
+                  f"MB, [heap] {mb(tr['smaps_before']['heap'])} -> "
+                  f"{mb(tr['smaps_after']['heap'])} MB; {tr['feed_seconds']:.1f} s")
         hp = res.get("help")
         if hp:
             grow = (hp["after"]["VmRSS"] - hp["before"]["VmRSS"]) / hp["cycles"]
@@ -1074,6 +1094,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"   {s['feed_seconds']:.1f} s, VmHWM {mb(s['hwm'])} MB, help key max "
                     f"{ms(max(s['help_open'] or [float('nan')]))}")
                 res["streams"].append(s)
+            if args.feed != "thread":
+                log("   diagnostic: loop feed, no keys, with tracemalloc (not a goal) ...")
+                res["stream_trace"] = run_child("stream", {
+                    "workdir": str(empty), "lines": args.lines, "feed": "loop",
+                    "chunk": args.chunk, "probes": 0, "trace": True}, root)
             log(f"   help open/close x{args.help_cycles}, nothing streaming ...")
             res["help"] = run_child("help", {"workdir": str(empty),
                                              "cycles": args.help_cycles}, root)
