@@ -257,6 +257,7 @@ def test_a_small_or_missing_terminal_gets_one_clear_line(workspace: Workspace,
         assert "70x20" in screen and "Traceback" not in screen
     finally:
         tmux("kill-server")
+    tmux = Tmux(tmp_path / "tmux2.sock")  # a fresh server, not the one just killed
     tmux("new-session", "-d", "-s", "t", "-x", "80", "-y", "24",
          f"cd {shlex.quote(str(workspace.path))} && env LANG=C LC_ALL=C "
          f"{shlex.quote(sys.executable)} -m tui; sleep 30")

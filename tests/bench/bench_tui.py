@@ -327,7 +327,7 @@ class Tmux:
 
 
 def launch_once(workdir: Path, n: int, python: str, timeout: float = 60.0,
-                browser_name: str | None = None) -> dict[str, Any]:
+                browser_name: str | None = None, help_cycles: int = 0) -> dict[str, Any]:
     tmux = Tmux(workdir / "tmux.sock", tmux_env())
     cmd = (f"cd {shlex.quote(str(workdir))} && exec {shlex.quote(python)} -m tui "
            f"--env-file env")
@@ -373,6 +373,21 @@ def launch_once(workdir: Path, n: int, python: str, timeout: float = 60.0,
                 time.sleep(POLL)
             result["tui_hwm"] = proc_status(pane_pid).get("VmHWM")
             result["tui_cpu"] = proc_cpu(pane_pid)
+        if help_cycles:
+            # `?` then Escape, 0.15 s apart, with the home screen under the help
+            time.sleep(0.5)
+            rss0 = proc_status(pane_pid).get("VmRSS", 0)
+            for _ in range(help_cycles):
+                tmux.run("send-keys", "-t", "t", "?")
+                time.sleep(0.15)
+                tmux.run("send-keys", "-t", "t", "Escape")
+                time.sleep(0.15)
+            time.sleep(0.5)
+            if HOME_MARK not in tmux.capture():
+                raise RuntimeError("the home screen is not back after the help cycles")
+            result["help_cycles"] = {"cycles": help_cycles, "rss_before": rss0,
+                                     "rss_after": proc_status(pane_pid).get("VmRSS", 0)}
+            result["tui_cpu"] = proc_cpu(pane_pid)
         result["tmux_server_cpu"] = proc_cpu(server_pid)
         tmux.run("send-keys", "-t", "t", "q", check=False)
         deadline = time.monotonic() + 10
@@ -386,14 +401,15 @@ def launch_once(workdir: Path, n: int, python: str, timeout: float = 60.0,
 
 
 def launch_part(workdir: Path, n: int, runs: int, python: str,
-                browser_name: str | None = None) -> dict[str, Any]:
+                browser_name: str | None = None, help_cycles: int = 0) -> dict[str, Any]:
     machine = Machine()
     c0 = children_cpu()
     results = []
     own = 0.0
     for i in range(runs):
-        r = launch_once(workdir, n, python,
-                        browser_name=browser_name if i == runs - 1 else None)
+        last = i == runs - 1
+        r = launch_once(workdir, n, python, browser_name=browser_name if last else None,
+                        help_cycles=help_cycles if last else 0)
         own += r["tui_cpu"] + r["tmux_server_cpu"]
         extra = f", browser open {r['browser_open']:.3f} s" if "browser_open" in r else ""
         log(f"  run {i + 1}: first screen {r['first_screen']:.3f} s, complete "
@@ -408,6 +424,7 @@ def launch_part(workdir: Path, n: int, runs: int, python: str,
             "hwm_max": max(r["tui_hwm"] or 0 for r in results),
             "browser_open": next((r["browser_open"] for r in results if "browser_open" in r),
                                  None),
+            "help_cycles": next((r["help_cycles"] for r in results if "help_cycles" in r), None),
             "machine": machine.done(own + children_cpu() - c0)}
 
 
@@ -887,6 +904,12 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
             print(f"   breakdown: python -c pass {bd['python']:.3f} s; python -c 'import tui.app' "
                   f"{bd['import']:.3f} s; list_backups({la['backups']:,}) "
                   f"{bd['inventory']:.3f} s (best of 3)")
+        hc = la.get("help_cycles")
+        if hc:
+            print(f"   help open/close x{hc['cycles']} in the last run (`?`, Escape, 0.15 s "
+                  f"apart): TUI VmRSS {mb(hc['rss_before'])} -> {mb(hc['rss_after'])} MB "
+                  f"({(hc['rss_after'] - hc['rss_before']) / hc['cycles'] / 1000:.0f} kB per "
+                  f"cycle)")
         print(f"   {machine_line(la['machine'])}")
         goal(f"first screen, {la['backups']:,} backups (median of {len(la['runs'])})",
              f"{la['first_median']:.3f} s (max {la['first_max']:.3f})", f"<= {GOAL_LAUNCH_S} s",
@@ -1013,10 +1036,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--feed", choices=("loop", "thread", "both"), default="both")
     parser.add_argument("--stream-repeat", type=int, default=3, metavar="N",
                         help="runs of the loop feed (default 3; the thread feed runs once)")
-    parser.add_argument("--probes", type=int, default=20, metavar="N",
-                        help="key probes (help open + close) spread over each feed (default 20)")
+    parser.add_argument("--probes", type=int, default=10, metavar="N",
+                        help="key probes (help open + close) spread over each feed (default 10)")
     parser.add_argument("--help-cycles", type=int, default=100, metavar="N",
                         help="help open/close cycles with nothing streaming (default 100)")
+    parser.add_argument("--tmux-help-cycles", type=int, default=50, metavar="N",
+                        help="help open/close cycles in the last tmux launch (default 50)")
     parser.add_argument("--chunk", type=int, default=1000, metavar="N",
                         help="lines per loop iteration in the loop feed (default 1000)")
     parser.add_argument("--filter", default="release", help="text typed into the filter")
@@ -1057,7 +1082,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             res["inventory_big"] = facts
         if "launch" in parts:
             log(f"1. launch in tmux, {args.launch_backups:,} backups:")
-            res["launch"] = launch_part(small, args.launch_backups, args.repeat, args.python)
+            res["launch"] = launch_part(small, args.launch_backups, args.repeat, args.python,
+                                        help_cycles=args.tmux_help_cycles)
             from tui.core.inventory import list_backups
 
             inv = []
