@@ -7,7 +7,8 @@ directory; the live view is fed synthetic lines):
 
     .venv/bin/python tests/bench/bench_tui.py [--repeat N] [--launch-backups N]
         [--browser-backups N] [--lines N] [--feed loop|thread|both] [--stream-repeat N]
-        [--chunk N] [--filter TEXT] [--keep] [--json OUT]
+        [--quiet-repeat N] [--probes N] [--chunk N] [--filter TEXT] [--help-cycles N]
+        [--tmux-help-cycles N] [--parts launch,browser,stream] [--keep] [--json OUT]
 
 Inventories: `--launch-backups` (default 1,000) and `--browser-backups` (default 10,000)
 synthetic backups are written to two directories: per backup a `.backup` file of a few bytes and
@@ -24,9 +25,12 @@ the screens. The backups are 6 hours apart, the newest 2 hours before the time o
    capture takes) until "Runbooks (Enter to start)" shows: "first screen". "Complete" is when the
    pane also shows the health lines ("Backups: N"), the first runbook and the footer. Times are
    from just before spawning tmux. Then the pane process's VmHWM and CPU time are read, `q`
-   quits it, and the tmux server is killed. The same is done (min(3, --repeat) runs) with the
-   10,000-backup inventory, and in its last run `b` is sent and the pane polled until the
-   browser shows the newest backup's name (an operator's view of goal 2, at 20 ms resolution).
+   quits it, and the tmux server is killed. In the last run, before quitting, `?` and Escape are
+   sent --tmux-help-cycles times (default 50, 0.15 s apart) and the TUI's VmRSS is read before
+   and after (what opening and closing a screen leaves behind). The same is done (min(3,
+   --repeat) runs) with the 10,000-backup inventory, and in its last run `b` is sent and the
+   pane polled until the browser shows the newest backup's name (an operator's view of goal 2,
+   at 20 ms resolution).
    Breakdown: `python -c pass`, `python -c 'import tui.app'` (best of 3 each) and
    `list_backups()` of the inventory in this process (best of 3).
 
@@ -55,19 +59,25 @@ the screens. The backups are 6 hours apart, the newest 2 hours before the time o
    - feed "loop": on the event loop in chunks of --chunk lines (default 1,000) with
      `await asyncio.sleep(0)` between chunks - what the engine does: `_run_pg_restore` reads
      pg_restore's output with `async for` on the loop and emits one event per line, yielding only
-     when the pipe buffer is empty. Fed as fast as the loop takes them (about 200,000 lines/s),
-     far faster than pg_restore prints: a stress test.
+     when the pipe buffer is empty. Fed as fast as the loop takes them (100,000-250,000
+     lines/s on the machine measured), far faster than pg_restore prints: a stress test.
    - feed "thread": from a thread, one `emit` per line; `emit` marshals each event with
      `App.call_from_thread` (a blocking round trip through the loop), which limits the rate.
-   --stream-repeat (default 3) loop runs and one thread run ("both", the default).
-   Every 0.25 s while feeding, `question_mark` is posted and the time to the first frame with the
-   HelpScreen on top is recorded, then `escape` and the time to the first frame with the runner
-   on top again. Memory: VmHWM from /proc/self/status at the end (the process's peak, start-up
-   included), VmRSS before feeding and sampled at every probe; /proc/self/smaps (heap and
-   anonymous mappings) before and after. After feeding: a 0.3 s pause (the runner flushes its
-   pending lines to the Log every 0.1 s), then the Log `#output` must hold its 5,000 newest lines
-   with `lines[-1]` the last line fed, scrolled to the end. `RunnerScreen._flush_log` is wrapped
-   to count flushes, their batch sizes and their time.
+   With --feed both (the default): --stream-repeat (default 3) loop runs with key probes,
+   --quiet-repeat (default 3) loop runs without any, one thread run with key probes, and one
+   diagnostic loop run without keys under tracemalloc (not a goal).
+   Key probes: --probes (default 10) times, spread evenly over the lines fed, `question_mark` is
+   posted and the time to the first frame with the HelpScreen on top is recorded, then `escape`
+   and the time to the first frame with the runner on top again. Opening the help is not free
+   (it mounts a Markdown document) and leaves memory behind, so a last child process opens and
+   closes it --help-cycles times (default 100) with nothing streaming: its idle latency, and VmRSS
+   and gc objects before and after.
+   Memory: VmHWM from /proc/self/status at the end (the process's peak, start-up included),
+   VmRSS before feeding and at every probe; /proc/self/smaps (heap and anonymous mappings)
+   before and after. After feeding: a 0.3 s pause (the runner flushes its pending lines to the
+   Log every 0.1 s), then the Log `#output` must hold its 5,000 newest lines with `lines[-1]`
+   the last line fed, scrolled to the end. `RunnerScreen._flush_log` is wrapped to count
+   flushes, their batch sizes and their time.
 
 Goals (judged on the worst run or keystroke unless said otherwise):
     first screen with 1,000 backups, median of the runs             <= 1.0 s
@@ -631,24 +641,19 @@ async def browser_part(workdir: Path, n: int, now: datetime, filter_text: str) -
 # -- part 3: the live output ---------------------------------------------------------------------
 
 
-def restore_line(i: int) -> Any:
-    from tui.core.events import RestoreLine
-
-    return RestoreLine(f"pg_restore: processing item {i} TABLE DATA t{i}")
-
-
 async def stream_part(workdir: Path, lines: int, feed: str, chunk: int,
                       probes: int, trace: bool = False) -> dict[str, Any]:
     from textual.widgets import Log
 
     from tui.app import make_app
+    from tui.core.events import RestoreLine
     from tui.screens.help import HelpScreen
     from tui.screens.runner import RunnerScreen
 
     # the feeder's own cost per line (building the event), measured before the app starts
     t0 = time.perf_counter()
     for i in range(100_000):
-        restore_line(i)
+        RestoreLine(f"pg_restore: processing item {i} TABLE DATA t{i}")
     make_us = (time.perf_counter() - t0) / 100_000 * 1e6
 
     flushes: list[tuple[int, float]] = []
@@ -709,20 +714,20 @@ async def stream_part(workdir: Path, lines: int, feed: str, chunk: int,
 
             tracemalloc.start()
         frame_start = len(frames.items)
-        prober = asyncio.create_task(probe_keys())
+        prober = asyncio.create_task(probe_keys()) if probes else None
         t0 = time.perf_counter()
         if feed == "loop":
             emit = screen.emit
             for first in range(0, lines, chunk):
                 for i in range(first, min(lines, first + chunk)):
-                    emit(restore_line(i))
+                    emit(RestoreLine(f"pg_restore: processing item {i} TABLE DATA t{i}"))
                 progress[0] = first + chunk
                 await asyncio.sleep(0)
         else:
             def feeder() -> None:
                 emit = screen.emit
                 for i in range(lines):
-                    emit(restore_line(i))
+                    emit(RestoreLine(f"pg_restore: processing item {i} TABLE DATA t{i}"))
                     if i % 1000 == 0:
                         progress[0] = i
 
@@ -734,7 +739,8 @@ async def stream_part(workdir: Path, lines: int, feed: str, chunk: int,
         if trace:
             out["traced_at_end_of_feed"], out["traced_peak"] = tracemalloc.get_traced_memory()
         finished = True
-        await prober
+        if prober is not None:
+            await prober
         runner_frames = [f for f in frames.items[frame_start:]
                          if f[1] == "RunnerScreen" and f[0] <= t0 + feed_s]
         await pilot.pause(0.3)
@@ -888,6 +894,12 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
         goals.append({"goal": name, "measured": measured, "target": target,
                       "status": "PASS" if ok else "FAIL"})
 
+    for key in ("inventory_small", "inventory_big"):
+        inv = res.get(key)
+        if inv:
+            print(f"inventory: {inv['backups']:,} backups, {mb(inv['meta_bytes'])} MB of metadata "
+                  f"JSON, {inv['tables_per_backup']:.1f} tables per backup on average (written "
+                  f"in {inv['write_seconds']:.1f} s)")
     la = res.get("launch")
     if la:
         print()
@@ -896,7 +908,8 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
             print(f"   run {i}: first screen {r['first_screen']:.3f} s, complete "
                   f"{r['complete']:.3f} s (tmux spawn {r['spawned'] * 1000:.0f} ms, poll every "
                   f"{r['poll_interval'] * 1000:.0f} ms), TUI VmHWM {mb(r['tui_hwm'])} MB, "
-                  f"TUI CPU {r['tui_cpu']:.2f} s")
+                  f"TUI CPU {r['tui_cpu']:.2f} s"
+                  + (" (with the help cycles below)" if "help_cycles" in r else ""))
         print(f"   first screen: median {la['first_median']:.3f} s, min {la['first_min']:.3f}, "
               f"max {la['first_max']:.3f}; complete: median {la['complete_median']:.3f} s")
         bd = res.get("launch_breakdown", {})
@@ -1036,6 +1049,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--feed", choices=("loop", "thread", "both"), default="both")
     parser.add_argument("--stream-repeat", type=int, default=3, metavar="N",
                         help="runs of the loop feed (default 3; the thread feed runs once)")
+    parser.add_argument("--quiet-repeat", type=int, default=3, metavar="N",
+                        help="runs of the loop feed without key presses (default 3)")
     parser.add_argument("--probes", type=int, default=10, metavar="N",
                         help="key probes (help open + close) spread over each feed (default 10)")
     parser.add_argument("--help-cycles", type=int, default=100, metavar="N",
@@ -1107,7 +1122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "stream" in parts:
             empty = root / "empty"
             (empty / "backups").mkdir(parents=True, mode=0o700)
-            loop = [("loop", args.probes)] * args.stream_repeat + [("loop", 0)]
+            loop = ([("loop", args.probes)] * args.stream_repeat
+                    + [("loop", 0)] * args.quiet_repeat)
             feeds = {"loop": loop, "thread": [("thread", args.probes)],
                      "both": loop + [("thread", args.probes)]}[args.feed]
             res["streams"] = []
