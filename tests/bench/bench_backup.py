@@ -71,7 +71,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
 
 from tui.core.cluster import ThrowawayCluster  # noqa: E402
 
@@ -391,37 +390,17 @@ class Bench:
         finally:
             out.unlink(missing_ok=True)
 
-    def _tables(self, conn: psycopg.Connection[tuple[Any, ...]]) -> list[tuple[str, str]]:
-        # The same selection as the tool's (ordinary tables outside the system schemas).
-        rows = conn.execute(
-            """
-            SELECT n.nspname, c.relname
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'r'
-              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-              AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-              AND (NOT EXISTS (SELECT 1 FROM pg_depend d
-                               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                                 AND d.deptype = 'e')
-                   OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY (x.extconfig)))
-            ORDER BY n.nspname, c.relname
-            """
-        ).fetchall()
-        return [(str(r[0]), str(r[1])) for r in rows]
-
     def _count_into(self, box: dict[str, Any]) -> None:
+        # The tool's own table selection and counting code, in the same kind of transaction.
+        from tui.core.backup import _count, _dumpable_tables
+
         try:
             t0 = time.perf_counter()
             with self.connect() as conn:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                total = 0
-                for schema, name in self._tables(conn):
-                    row = conn.execute(
-                        sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
-                            sql.Identifier(schema), sql.Identifier(name))
-                    ).fetchone()
-                    assert row is not None
-                    total += int(row[0])
+                conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+                conn.execute("SET LOCAL jit = off")
+                total = sum(_count(conn, _dumpable_tables(conn)).values())
                 conn.execute("ROLLBACK")
             box["seconds"] = time.perf_counter() - t0
             box["rows"] = total
