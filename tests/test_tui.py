@@ -106,3 +106,24 @@ async def test_standard_restore_runbook_walked_with_the_keyboard(workspace: Work
     audit = [json.loads(x) for x in (workspace.backup_dir / "audit.log").read_text().splitlines()]
     restore_end = [e for e in audit if e["operation"] == "restore" and e["event"] == "end"][-1]
     assert restore_end["origin"] == "tui" and restore_end["reason"] == "INC-1 test"
+
+
+async def test_a_dialog_opened_while_the_terminal_was_unfocused_takes_the_first_key(
+        workspace: Workspace) -> None:
+    """The operator is in another window when the reason dialog opens; what they type on
+    coming back goes into the dialog, not to the app's single-letter keys (h opens History)."""
+    from textual import events
+
+    app = make_app(settings_for(workspace))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.post_message(events.AppBlur())
+        await pilot.pause()
+        assert not app.app_focus
+        app.start_runbook("standard-restore")
+        await pilot.pause()
+        assert isinstance(app.screen, AskText) and app.screen.focused is None
+        await pilot.press(*"the hotfix")
+        await pilot.pause()
+        assert isinstance(app.screen, AskText)
+        assert app.screen.query_one(Input).value == "the hotfix"

@@ -68,18 +68,25 @@ class Tmux:
         self("send-keys", "-t", "t", "-l", text)
 
     def enter_text(self, text: str, placeholder: str) -> None:
-        """Type into the dialog's input once it is drawn (its placeholder shows); keys sent
-        before it took focus are lost, so retype until the whole text shows."""
+        """Type into the dialog's input once it is drawn (its placeholder shows), check the
+        whole text shows, then Enter and check the dialog closed. Never presses Enter on text
+        that did not arrive: that would answer the dialog with something else."""
         self.wait(placeholder)
-        for _ in range(5):
+        for _ in range(3):
             self.keys("C-u")
             self.type(text)
             try:
-                self.wait(f"▊  {text}", timeout=3)  # the input box's row holds the whole text
+                self.wait(f"▊  {text}", timeout=10)  # the input box's row holds the whole text
                 break
             except AssertionError:
                 continue
+        else:
+            raise AssertionError(f"{text!r} never showed in the dialog:\n{self.screen()}")
         self.keys("Enter")
+        deadline = time.monotonic() + 30
+        while f"▊  {text}" in self.screen():
+            assert time.monotonic() < deadline, f"the dialog did not close:\n{self.screen()}"
+            time.sleep(0.1)
 
     def tick(self, done: int, total: int) -> None:
         """Tick the highlighted item; a key sent before the list had focus is lost, so press

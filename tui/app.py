@@ -81,6 +81,23 @@ class PgRunbookApp(App[None]):
     def on_mount(self) -> None:
         self.push_screen(HomeScreen())
 
+    def watch_app_focus(self, focus: bool) -> None:
+        """Textual skips a screen's AUTO_FOCUS while the terminal is unfocused and, on focus
+        coming back, restores only a widget of the screen that was showing at the blur. A dialog
+        that opened while the operator was in another window would then get no focus, and what
+        they type would be lost or taken as app keys. Focus it as the terminal comes back (the
+        first key press counts), before that key is delivered."""
+        screen = self.screen
+        if not focus or screen.focused is not None:
+            return
+        selector = screen.AUTO_FOCUS if screen.AUTO_FOCUS is not None else self.AUTO_FOCUS
+        if not selector:
+            return
+        for widget in screen.query(selector):
+            if widget.focusable:
+                screen.set_focus(widget)
+                return
+
     def action_browser(self) -> None:
         self.push_screen(BrowserScreen())
 
