@@ -68,6 +68,13 @@ def test_restore_latest_after_damage_brings_back_exact_counts_and_schema(
     assert proc.returncode == 0, proc.stderr
     assert "VERIFICATION PASS" in proc.stdout and "To undo this restore" in proc.stdout
     assert _counts(server, dbname, meta) == _expected(meta)
+    # The verification ANALYZEd every restored table that holds rows (pg_restore does not).
+    with server.connect(dbname) as conn:
+        unanalyzed = [f"{t['schema']}.{t['name']}" for t in meta["tables"] if t["rows"] and not
+                      conn.execute("SELECT 1 FROM pg_statistic WHERE starelid = "
+                                   "format('%%I.%%I', %s::text, %s::text)::regclass LIMIT 1",
+                                   (t["schema"], t["name"])).fetchone()]
+    assert unanalyzed == []
     schema_after = _schema(server, dbname)
     diff = "\n".join(difflib.unified_diff(schema_before.splitlines(), schema_after.splitlines(),
                                           lineterm="", n=1))

@@ -3,6 +3,7 @@ recorded in its own snapshot, plus tables per schema and the SOP's key tables.""
 
 from __future__ import annotations
 
+import queue
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -72,23 +73,30 @@ class VerifyReport:
         }
 
 
-def _count_some(target: Target, settings: Settings, dbname: str,
-                tables: list[tuple[str, str]]) -> dict[tuple[str, str], int | None]:
-    out: dict[tuple[str, str], int | None] = {}
+def _count_worker(target: Target, settings: Settings, dbname: str,
+                  work: queue.SimpleQueue[tuple[str, str]], analyze: bool,
+                  out: dict[tuple[str, str], int | None]) -> None:
+    """One connection: take the next table (largest first) until none is left; count it, then
+    ANALYZE it while its pages are still in cache (the count has just set their hint bits)."""
     with connect(target, settings, dbname=dbname) as conn:
         present = {
             (str(r[0]), str(r[1])) for r in conn.execute(
                 "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
                 " ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')").fetchall()
         }
-        for schema, name in tables:
+        while True:
+            try:
+                schema, name = work.get_nowait()
+            except queue.Empty:
+                return
             if (schema, name) not in present:
                 out[(schema, name)] = None
                 continue
-            row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(name))).fetchone()
+            ident = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+            row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(ident)).fetchone()
             out[(schema, name)] = int(str(row[0])) if row else None
-    return out
+            if analyze:
+                conn.execute(sql.SQL("ANALYZE {}").format(ident))
 
 
 def verify_counts(
@@ -101,25 +109,26 @@ def verify_counts(
     emit: Emit = ignore,
     analyze: bool = True,
 ) -> VerifyReport:
-    """Compare the target's exact counts with the backup's, using `jobs` connections at once."""
+    """Compare the target's exact counts with the backup's, using `jobs` connections at once.
+
+    With `analyze`, every restored table is also ANALYZEd (pg_restore leaves no statistics):
+    each connection counts a table and then analyzes it, taking the next table from one queue,
+    largest first, so the work spreads over the connections however uneven the tables are."""
     target = target or settings.target
     dbname = dbname or target.dbname
     started = time.monotonic()
     expected = {(str(t["schema"]), str(t["name"])): int(t["rows"]) for t in meta["tables"]}
-    if analyze:
-        emit(PhaseStarted("analyzing", dbname))
-        with connect(target, settings, dbname=dbname) as conn:
-            conn.execute("ANALYZE")
-    emit(PhaseStarted("counting", f"{len(expected)} tables, {min(jobs, len(expected)) or 1} "
-                                  "connections"))
-    # Largest tables first, spread over the connections round-robin.
-    tables = sorted(expected, key=lambda k: -expected[k])
-    n = max(1, min(jobs, len(tables)))
-    buckets = [tables[i::n] for i in range(n)]
+    n = max(1, min(jobs, len(expected)))
+    emit(PhaseStarted("counting" + (" and analyzing" if analyze else ""),
+                      f"{len(expected)} tables in {dbname}, {n} connections"))
+    work: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+    for table in sorted(expected, key=lambda k: -expected[k]):
+        work.put(table)
     actual: dict[tuple[str, str], int | None] = {}
     with ThreadPoolExecutor(max_workers=n) as pool:
-        for part in pool.map(lambda b: _count_some(target, settings, dbname, b), buckets):
-            actual.update(part)
+        for done in [pool.submit(_count_worker, target, settings, dbname, work, analyze, actual)
+                     for _ in range(n)]:
+            done.result()
     rows = [CountRow(s, t, expected[(s, t)], actual.get((s, t))) for s, t in sorted(expected)]
     per_schema_expected = Counter(s for s, _ in expected)
     with connect(target, settings, dbname=dbname) as conn:
