@@ -184,6 +184,9 @@ def test_production_needs_the_typed_database_name(workspace: Workspace, server: 
     proc = workspace.run("restore", "latest", "--confirm", "wrong_db")
     assert proc.returncode == 2 and "does not match" in proc.stderr
     assert not list(workspace.backup_dir.glob("*emergency*"))
+    # The archive was being decompressed in the background while the target was checked: a
+    # refusal leaves no temp file behind.
+    assert not list(workspace.backup_dir.glob(".*partial-*"))
     proc = workspace.run("restore", "latest", "--confirm", workspace.dbname)
     assert proc.returncode == 0, proc.stderr
     assert _counts(server, workspace.dbname, meta) == _expected(meta)
@@ -204,6 +207,7 @@ def test_a_second_restore_on_the_same_target_is_refused(workspace: Workspace,
         proc = workspace.run("restore", "latest", "--yes", "--terminate-connections")
     assert proc.returncode == 1 and "holds its lock" in proc.stderr
     assert "pgrunbook-elsewhere" in proc.stderr
+    assert not list(workspace.backup_dir.glob(".*partial-*"))
 
 
 def test_sessions_on_the_target_are_listed_and_ended_only_when_asked(
@@ -291,6 +295,7 @@ def test_ctrl_c_stops_pg_restore_and_points_at_the_safety_backup(workspace: Work
     assert "emergency_pre_rollback" in err and "Traceback" not in err
     for pid in restore_pids:
         assert not Path(f"/proc/{pid}").exists(), "pg_restore outlived the interrupt"
+    assert not list(workspace.backup_dir.glob(".*partial-*")), "a temp file was left behind"
     audit = [json.loads(x) for x in (workspace.backup_dir / "audit.log").read_text().splitlines()]
     assert audit[-1]["result"] == "interrupted" and audit[-1]["safety_backup"]
 

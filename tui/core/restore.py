@@ -398,10 +398,24 @@ def undo_command(target: Target, safety: str) -> str:
 async def _run_restore(settings: Settings, request: RestoreRequest, emit: Emit,
                        ask: Ask | None, state: dict[str, Any]) -> RestoreResult:
     started = time.monotonic()
-    target = settings.target
     entry = await asyncio.to_thread(resolve_backup, settings, request.backup, emit)
     state["backup"] = entry.name
     pg_restore, toc = await asyncio.to_thread(check_archive, settings, entry, emit)
+    assert entry.meta is not None
+    unpacker = _Unpacker(settings, entry)
+    try:
+        await unpacker.start(emit)
+        return await _restore_checked(settings, request, emit, ask, state, entry, pg_restore,
+                                      toc, unpacker, started)
+    finally:
+        await asyncio.shield(unpacker.discard())
+
+
+async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Emit,
+                           ask: Ask | None, state: dict[str, Any], entry: BackupEntry,
+                           pg_restore: PgTool, toc: Toc, unpacker: _Unpacker,
+                           started: float) -> RestoreResult:
+    target = settings.target
     assert entry.meta is not None
 
     # 3. The target answers.
@@ -453,7 +467,7 @@ async def _run_restore(settings: Settings, request: RestoreRequest, emit: Emit,
             restore_started = time.monotonic()
             state["restoring"] = True
             await _pg_restore(settings, request, entry, toc, skipped, pg_restore, emit,
-                              safety_name)
+                              safety_name, unpacker)
             restore_seconds = time.monotonic() - restore_started
     finally:
         with contextlib.suppress(psycopg.Error):
@@ -652,37 +666,70 @@ async def _safety_backup(settings: Settings, request: RestoreRequest, entry: Bac
     return safety.name, note
 
 
+class _Unpacker:
+    """The zstd container decompressed to a hidden temp file beside it (parallel pg_restore
+    needs a regular file it can seek in). It starts as soon as the checksum has passed and runs
+    while the target is checked, confirmed and backed up, none of which it touches; the restore
+    awaits it. Whatever happens, the temp file is removed at the end."""
+
+    def __init__(self, settings: Settings, entry: BackupEntry) -> None:
+        self.settings = settings
+        self.entry = entry
+        self.path: Path | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started = 0.0
+
+    async def start(self, emit: Emit) -> None:
+        if container_of(self.entry.path) != "zstd":
+            return
+        if shutil.which("zstd") is None:
+            raise OperationFailed(f"{self.entry.name} is zstd-compressed and zstd is not "
+                                  "installed.", "Install it: apt install zstd.")
+        self.path = temp_path_for(self.settings.backup_dir / f"{self.entry.name}.restore")
+        emit(PhaseStarted("decompressing", "to a seekable file for parallel pg_restore, "
+                                           "in the background"))
+        self.started = time.monotonic()
+        # umask-independent: the file is created 0600 before zstd writes into it.
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self.proc = await asyncio.create_subprocess_exec(
+            "zstd", "-dqf", "-o", str(self.path), str(self.entry.path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL, process_group=0)
+
+    async def archive(self, emit: Emit) -> Path:
+        """The file pg_restore reads: the decompressed copy once zstd is done, or the stored
+        archive itself when it is not in a container."""
+        if self.proc is None or self.path is None:
+            return self.entry.path
+        if self.proc.returncode is None:
+            emit(PhaseStarted("decompressing", "waiting for it to finish"))
+        _, err = await self.proc.communicate()
+        if self.proc.returncode != 0:
+            raise OperationFailed(
+                f"could not decompress {self.entry.name}: "
+                f"{err.decode(errors='replace').strip() or f'zstd exit {self.proc.returncode}'}",
+                f"Check free space in {self.settings.backup_dir}.",
+            )
+        return self.path
+
+    async def discard(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            await self.proc.wait()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
 async def _pg_restore(settings: Settings, request: RestoreRequest, entry: BackupEntry, toc: Toc,
                       skipped: list[TocEntry], pg_restore: PgTool, emit: Emit,
-                      safety: str | None) -> None:
+                      safety: str | None, unpacker: _Unpacker) -> None:
     target = settings.target
     jobs = request.jobs or default_jobs()
     work: list[Path] = []
-    archive = entry.path
     try:
-        if container_of(entry.path) == "zstd":
-            if shutil.which("zstd") is None:
-                raise OperationFailed(f"{entry.name} is zstd-compressed and zstd is not installed.",
-                                      "Install it: apt install zstd.")
-            archive = temp_path_for(settings.backup_dir / f"{entry.name}.restore")
-            work.append(archive)
-            emit(PhaseStarted("decompressing", "to a seekable file for parallel pg_restore"))
-            proc = await asyncio.create_subprocess_exec(
-                "zstd", "-dq", "-o", str(archive), str(entry.path),
-                stderr=asyncio.subprocess.PIPE, process_group=0)
-            try:
-                _, err = await proc.communicate()
-            except asyncio.CancelledError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                await proc.wait()
-                raise
-            if proc.returncode != 0:
-                raise OperationFailed(
-                    f"could not decompress {entry.name}: {err.decode(errors='replace').strip()}",
-                    f"Check free space in {settings.backup_dir}.",
-                )
-            os.chmod(archive, 0o600)
+        archive = await unpacker.archive(emit)
         argv = [str(pg_restore.path), "--verbose", "--clean", "--if-exists", "--no-password",
                 f"--jobs={jobs}", f"--dbname={target.dbname}", *_owners_flags(request, target)]
         if skipped:
