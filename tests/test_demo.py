@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.conftest import clean_env
@@ -22,12 +23,22 @@ def test_demo_starts_backs_up_lists_and_stops(tmp_path: Path) -> None:
         assert "Backup complete" in proc.stdout and "_manual" in proc.stdout
         env_file = tmp_path / "pgrunbook-demo" / "demo.env"
         assert oct(env_file.stat().st_mode & 0o777) == "0o600"
-        listing = run(tmp_path, "--env-file", str(env_file), "list", "--json")
+        listing = run(tmp_path, "--env-file", str(env_file), "list", "--json", "--verify")
         entries = json.loads(listing.stdout)
-        assert len(entries) == 1 and entries[0]["problems"] == []
-        meta = json.loads(Path(entries[0]["path"] + ".meta").read_text())
-        rows = {f'{t["schema"]}.{t["name"]}': t["rows"] for t in meta["tables"]}
-        assert rows["public.transactions"] == 5000 and rows["auth.users"] == 100
+        # A lived-in inventory: kinds and ages, the data growing from one backup to the next,
+        # every archive complete and matching its checksum.
+        assert [e["kind"] for e in entries] == ["manual", "manual", "pre-migration", "release"]
+        assert all(e["problems"] == [] for e in entries), entries
+        ages = [datetime.now(UTC) - datetime.fromisoformat(e["created_at"]) for e in entries]
+        assert ages[0] < timedelta(minutes=5) and timedelta(days=9) < ages[-1] < timedelta(days=10)
+        assert ages == sorted(ages)
+        counts = []
+        for e in entries:
+            meta = json.loads(Path(e["path"] + ".meta").read_text())
+            rows = {f'{t["schema"]}.{t["name"]}': t["rows"] for t in meta["tables"]}
+            assert rows["auth.users"] == 100
+            counts.append(rows["public.transactions"])
+        assert counts == [9500, 8500, 7000, 5000]
         # Running it again reuses the running demo database.
         again = run(tmp_path, "demo")
         assert again.returncode == 0 and "already running" in again.stderr

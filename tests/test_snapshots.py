@@ -60,14 +60,27 @@ def app_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
     return make
 
 
+async def settled(pilot) -> None:  # type: ignore[no-untyped-def]
+    """The screens read the inventory in a worker: wait for it, then for the refresh."""
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def open_browser(pilot) -> None:  # type: ignore[no-untyped-def]
+    await settled(pilot)
+    await pilot.press("b")
+    await settled(pilot)
+
+
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_home(snap_compare, app_factory, size) -> None:  # type: ignore[no-untyped-def]
-    assert snap_compare(app_factory(), terminal_size=size)
+    assert snap_compare(app_factory(), run_before=settled, terminal_size=size)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_browser(snap_compare, app_factory, size) -> None:  # type: ignore[no-untyped-def]
-    assert snap_compare(app_factory(production=False), press=["b"], terminal_size=size)
+    assert snap_compare(app_factory(production=False), run_before=open_browser,
+                        terminal_size=size)
 
 
 def test_runner_checklist(snap_compare, app_factory) -> None:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from tui.core.settings import load_settings
 from tui.screens.browser import BrowserScreen
 from tui.screens.modals import AskText, YesNo
 from tui.screens.runner import RunnerScreen
+from tui.widgets.backup_list import BackupList
 
 FROZEN = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -27,6 +28,7 @@ async def test_home_shows_target_backups_health_and_runbooks(workspace: Workspac
     workspace.run("backup", check=True)
     app = make_app(settings_for(workspace, PGRUNBOOK_PRODUCTION_TARGETS="testdb"))
     async with app.run_test(size=(80, 24)) as pilot:
+        await app.workers.wait_for_complete()
         await pilot.pause()
         banner = str(app.screen.query_one("#banner", Static).render())
         assert "PRODUCTION" in banner and "testdb" in banner
@@ -45,23 +47,41 @@ async def test_browser_lists_filters_sorts_and_details(workspace: Workspace) -> 
     app = make_app(settings_for(workspace))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("b")
+        await app.workers.wait_for_complete()
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, BrowserScreen)
-        table = screen.query_one("#backups", DataTable)
-        assert table.row_count == 3
+        table = screen.query_one("#backups", BackupList)
+        assert table.row_count == 3 and table.has_focus
+        assert table.selected_key is not None and table.selected_key.endswith("_charlie")
         detail = str(screen.query_one("#detail", Static).render())
         assert "rows per table" in detail and "public.rental" in detail
+        await pilot.press("down")
+        assert table.selected_key.endswith("_bravo")
+        assert "_bravo" in str(screen.query_one("#detail", Static).render())
         await pilot.press("slash")
-        await pilot.press(*"bravo")
+        await pilot.press(*"alpha")
         await pilot.pause()
-        assert table.row_count == 1
+        assert table.row_count == 1 and table.selected_key.endswith("_alpha")
+        assert "1 of 3" in str(screen.query_one("#browser-title").render())
+        await pilot.press(*"zzz")
+        assert table.row_count == 0
+        assert "No backup matches" in str(screen.query_one("#detail", Static).render())
         screen.query_one("#filter", Input).value = ""
         await pilot.press("enter")  # back to the table
         await pilot.pause()
         assert table.row_count == 3 and table.has_focus
         await pilot.press("s")
-        assert table.row_count == 3 and screen.sort_col == 3
+        assert table.row_count == 3 and screen.sort_col == 7
+        # A click on a column's title sorts by it; a second click reverses.
+        await pilot.click("#backups", offset=(2, 0))
+        assert screen.sort_col == 0 and [r.key[16:] for r in table.rows] == \
+            ["alpha", "bravo", "charlie"]
+        await pilot.click("#backups", offset=(2, 0))
+        assert [r.key[16:] for r in table.rows] == ["charlie", "bravo", "alpha"]
+        # A click on a row selects it.
+        await pilot.click("#backups", offset=(2, 3))
+        assert table.selected_key.endswith("_alpha")
 
 
 async def test_standard_restore_runbook_walked_with_the_keyboard(workspace: Workspace,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
@@ -21,6 +22,7 @@ from tui.screens.modals import AskText
 from tui.screens.runner import RunnerScreen
 
 MIN_SIZE = (80, 24)
+INVENTORY_TTL = 30.0  # seconds before the screens read the inventory again anyway
 
 
 class RunbookCommands(Provider):
@@ -64,19 +66,41 @@ class PgRunbookApp(App[None]):
         self.runbooks = list(runbooks) if runbooks is not None else load_runbooks(
             Path(user_dir) if user_dir else None)
         self.selected_backup: str | None = None
+        self._inventory_lock = threading.Lock()
+        self._inventory_cache: tuple[int | None, float, list[BackupEntry]] | None = None
         self.last_restore = None
 
     def now(self) -> datetime:
         return self._now()
 
     def inventory(self) -> list[BackupEntry]:
+        """The merged inventory, shared by the screens: read again when the backup directory
+        changed (every backup, download, drill or deletion renames a file in it) or after
+        INVENTORY_TTL seconds (S3 can change from elsewhere). Safe from worker threads."""
+        import time
+
         try:
-            return merged_inventory(self.settings.backup_dir, s3_config(self.settings))
+            stamp: int | None = self.settings.backup_dir.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        with self._inventory_lock:
+            cached = self._inventory_cache
+            if cached and cached[0] == stamp and time.monotonic() - cached[1] < INVENTORY_TTL:
+                return cached[2]
+        try:
+            entries = merged_inventory(self.settings.backup_dir, s3_config(self.settings))
         except Exception as exc:  # S3 down: show local, say why
             from tui.core.inventory import list_backups
 
             self.notify(f"S3 unavailable: {exc}", severity="warning")
-            return list_backups(self.settings.backup_dir)
+            entries = list_backups(self.settings.backup_dir)
+        with self._inventory_lock:
+            self._inventory_cache = (stamp, time.monotonic(), entries)
+        return entries
+
+    def forget_inventory(self) -> None:
+        with self._inventory_lock:
+            self._inventory_cache = None
 
     def on_mount(self) -> None:
         self.push_screen(HomeScreen())

@@ -610,6 +610,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _err(f"Demo database already running on 127.0.0.1:{demo.cluster.port}; "
              f"settings in {env_rel}")
     settings = load_settings(env_file=demo.env_file)
+    if demo.created:
+        from tui.core.demo import seed_history
+
+        _err("Taking a few backups of the demo data as it grows (dated back, for the inventory)...")
+        for name in seed_history(settings):
+            _err(f"  {name}")
     if demo.created or args.backup:
         cmd_backup(argparse.Namespace(
             name=None, kind="manual", reason="pgrunbook demo", compress=None,

@@ -6,20 +6,27 @@ against it) and is removed with `pgrunbook demo --stop`. Its settings file is wr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from tui.core.backup import BackupRequest, run_backup
 from tui.core.cluster import ThrowawayCluster, new_password, save_state
 from tui.core.errors import OperationFailed
+from tui.core.events import Emit, ignore
 from tui.core.fsutil import atomic_write_bytes, ensure_private_dir
+from tui.core.metadata import ARCHIVE_SUFFIX, STAMP_RE, meta_path_for, read_meta, write_meta
+from tui.core.pgtools import connect
+from tui.core.settings import Settings
 
 DEMO_DIR = "pgrunbook-demo"
 DEMO_ENV = "demo.env"
@@ -143,6 +150,16 @@ SELECT id, 'groceries', 400 FROM auth.users;
 ANALYZE;
 """
 
+# More transactions, as the application would add them between two backups.
+GROW_SQL = """
+INSERT INTO public.transactions (user_id, vendor_id, amount, description, occurred_at, metadata)
+SELECT u.id, v.id, round((10 + (g * 37) %% 5000)::numeric / 7, 2), 'Payment (later) #' || g,
+       now(), '{"source": "demo"}'
+FROM generate_series(1, %(n)s) g
+CROSS JOIN LATERAL (SELECT id FROM auth.users ORDER BY created_at OFFSET g %% 10 LIMIT 1) u
+CROSS JOIN LATERAL (SELECT id FROM public.vendors ORDER BY id OFFSET g %% 5 LIMIT 1) v
+"""
+
 
 def create_roles(conn: psycopg.Connection[Any]) -> None:
     from psycopg import sql
@@ -247,3 +264,46 @@ def stop_demo(workdir: Path) -> bool:
         pass
     state_path.unlink(missing_ok=True)
     return True
+
+
+# The demo's lived-in inventory: (kind, label, age, extra transactions before it), oldest first.
+HISTORY = (
+    ("release", "pre_major_release_v1.3", timedelta(days=9, hours=3), 0),
+    ("pre-migration", "pre_migration", timedelta(days=3, hours=5), 2_000),
+    ("manual", "manual", timedelta(hours=26), 1_500),
+)
+
+
+def seed_history(settings: Settings, emit: Emit = ignore) -> list[str]:
+    """A few real backups of the demo database, of different kinds, with the data growing
+    between them, then dated back (file names and `created_at`) so that a newcomer's first look
+    at the browser shows ages, a size trend and kinds; each says so in its metadata
+    (`demo_backdated_from`). The archives and checksums are untouched and restorable."""
+    names = []
+    for kind, label, ago, more in HISTORY:
+        if more:
+            with connect(settings.target, settings) as conn:
+                conn.execute(GROW_SQL, {"n": more})
+        result = asyncio.run(run_backup(settings, BackupRequest(
+            label=label, kind=kind, reason=f"demo: {kind} backup", origin="demo"), emit))
+        names.append(_backdate(result.path, datetime.now(UTC) - ago))
+    with connect(settings.target, settings) as conn:
+        conn.execute(GROW_SQL, {"n": 1_000})
+    return names
+
+
+def _backdate(archive: Path, when: datetime) -> str:
+    meta_path = meta_path_for(archive)
+    meta = read_meta(meta_path)
+    stamp = when.strftime("%Y%m%d_%H%M%S")
+    match = STAMP_RE.match(meta["name"])
+    assert match is not None
+    name = f"{stamp}_{match.group(2)}"
+    new_archive = archive.with_name(name + ARCHIVE_SUFFIX)
+    meta["demo_backdated_from"] = meta["created_at"]
+    meta.update(name=name, created_at=when.isoformat().replace("+00:00", "Z"))
+    meta["archive"]["file"] = new_archive.name
+    os.rename(archive, new_archive)
+    write_meta(meta_path_for(new_archive), meta)
+    meta_path.unlink()
+    return name

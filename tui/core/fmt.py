@@ -15,3 +15,18 @@ def age(dt: datetime | None, now: datetime | None = None) -> str:
     if dt is None:
         return "-"
     return f"{humanize.naturaldelta((now or datetime.now(UTC)) - dt)} ago"
+
+
+def short_age(dt: datetime | None, now: datetime | None = None) -> str:
+    """An age for narrow table columns: 45s, 12m, 26h (under two days, so that "over 24 hours"
+    is plain), 9d, 14w; "future" for a clock ahead of ours."""
+    if dt is None:
+        return "-"
+    seconds = ((now or datetime.now(UTC)) - dt).total_seconds()
+    if seconds < 0:
+        return "future"
+    for limit, unit, div in ((60, "s", 1), (3600, "m", 60), (48 * 3600, "h", 3600),
+                             (70 * 86400, "d", 86400)):
+        if seconds < limit:
+            return f"{int(seconds // div)}{unit}"
+    return f"{int(seconds // (7 * 86400))}w"

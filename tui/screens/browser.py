@@ -4,7 +4,8 @@ pane and a size trend; actions on the selected backup."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -13,18 +14,46 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 
-from tui.core.fmt import age, size
+from tui.core.fmt import short_age, size
 from tui.core.inventory import BackupEntry
+from tui.widgets.backup_list import BackupList, Column, ListRow
 
 if TYPE_CHECKING:
     from tui.app import PgRunbookApp
 
-COLUMNS = ("name", "kind", "created", "age", "size", "where", "drill", "problems")
+# Name, age and size first: at 80 columns, beside the detail pane, those are what shows.
+COLUMNS = (Column("name", 33), Column("age", 6), Column("size", 8, right=True),
+           Column("kind", 13), Column("where", 5), Column("drill", 5), Column("created", 16),
+           Column("problems", 30))
+NEWEST_FIRST = (1, 6)  # age and created: newest first until clicked again
+DEFAULT_SORT = 6
 
 
 def _drill(e: BackupEntry) -> str:
     d = (e.meta or {}).get("drill") or {}
     return str(d.get("result", "-"))
+
+
+def _sort_key(e: BackupEntry, column: int) -> tuple[bool, Any]:
+    values: tuple[Any, ...] = (e.name, e.created_at, e.size_bytes, e.kind or "", e.location,
+                               _drill(e), e.created_at, len(e.problems))
+    value = values[column]
+    return (value is None, value if value is not None else 0)
+
+
+def _cells(e: BackupEntry, now: datetime) -> tuple[str, ...]:
+    return (e.name, short_age(e.created_at, now), size(e.size_bytes), e.kind or "?", e.location,
+            _drill(e), e.created_at.strftime("%Y-%m-%d %H:%M") if e.created_at else "-",
+            "; ".join(e.problems) or "ok")
+
+
+def trend_values(entries: list[BackupEntry], n: int = 40) -> tuple[list[float], list[float]]:
+    """Sizes and durations of the newest `n` complete backups, oldest first."""
+    recent = sorted((e for e in entries if e.complete and e.created_at),
+                    key=lambda e: e.created_at or 0)[-n:]
+    sizes = [float(e.size_bytes or 0) for e in recent]
+    durations = [float((e.meta or {}).get("duration_seconds") or 0) for e in recent]
+    return sizes or [0.0], durations or [0.0]
 
 
 def detail_text(e: BackupEntry) -> str:
@@ -48,82 +77,103 @@ def detail_text(e: BackupEntry) -> str:
 class BrowserScreen(Screen[None]):
     BINDINGS = [
         Binding("slash", "filter", "Filter", id="browser-filter", tooltip="Filter by typing"),
-        Binding("s", "sort", "Sort", id="browser-sort", tooltip="Sort by the next column"),
+        Binding("s", "sort", "Sort", id="browser-sort",
+                tooltip="Sort by the next column (or click a column's title)"),
         Binding("enter", "restore", "Restore", id="browser-restore",
                 tooltip="Walk the standard restore runbook with this backup"),
         Binding("d", "drill", "Drill", id="browser-drill",
                 tooltip="Restore drill of this backup into a throwaway PostgreSQL"),
         Binding("v", "verify", "Checksum", id="browser-verify",
                 tooltip="Verify the selected archive's SHA-256"),
+        Binding("f", "fetch", "Fetch", id="browser-fetch",
+                tooltip="Download the selected backup from S3 and verify it"),
         Binding("escape", "app.pop_screen", "Back", id="browser-back", tooltip="Back"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.entries: list[BackupEntry] = []
-        self.sort_col = 2
+        self.by_name: dict[str, BackupEntry] = {}
+        self.sort_col = DEFAULT_SORT
+        self.reverse = True
         self.query_text = ""
+        self._rows: list[tuple[ListRow, str]] = []  # every backup's row and its search text
 
     def compose(self) -> ComposeResult:
-        yield Label("Backups  (/ filter, s sort, Enter restore, d drill, v checksum)",
-                    classes="section")
+        yield Label("Backups  (/ filter, s sort, Enter restore, d drill, v checksum, f fetch)",
+                    classes="section", id="browser-title")
         yield Input(placeholder="filter: name, kind, problem…", id="filter")
         with Horizontal(id="browser-body"):
-            yield DataTable(id="backups", cursor_type="row", zebra_stripes=True)
+            yield BackupList(COLUMNS, id="backups")
             with Vertical(id="browser-side"):
-                yield Label("Size of recent backups", classes="section")
+                yield Label("Size, recent backups", classes="section")
                 yield Sparkline([], id="trend")
-                yield Static("", id="detail")
+                yield Label("Duration", classes="section")
+                yield Sparkline([], id="trend-duration")
+                yield Static("Loading the inventory…", id="detail")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#backups", DataTable)
-        table.add_columns(*COLUMNS)
+        self.query_one("#backups", BackupList).focus()
         self.load()
-        table.focus()
 
+    @work(thread=True, exclusive=True, group="inventory")
     def load(self) -> None:
+        """Read the inventory off the event loop (10,000 metadata files take a while), then
+        build every row's text once: filtering and sorting only pick and order them."""
         app: PgRunbookApp = self.app  # type: ignore[assignment]
-        self.entries = app.inventory()
+        entries = app.inventory()
+        now = app.now()
+        rows = []
+        for e in entries:
+            rows.append((ListRow(e.name, _cells(e, now), problem=bool(e.problems)),
+                         f"{e.name} {e.kind} {e.location} {' '.join(e.problems)}".lower()))
+        self.app.call_from_thread(self._loaded, entries, rows)
+
+    def _loaded(self, entries: list[BackupEntry], rows: list[tuple[ListRow, str]]) -> None:
+        self.entries = entries
+        self.by_name = {e.name: e for e in entries}
+        self._rows = rows
+        sizes, durations = trend_values(entries)
+        self.query_one("#trend", Sparkline).data = sizes
+        self.query_one("#trend-duration", Sparkline).data = durations
         self.fill()
-        sizes = [float(e.size_bytes or 0) for e in reversed(self.entries[:40]) if e.complete]
-        self.query_one("#trend", Sparkline).data = sizes or [0.0]
 
     def fill(self) -> None:
-        app: PgRunbookApp = self.app  # type: ignore[assignment]
-        now = app.now()
-        table = self.query_one("#backups", DataTable)
         q = self.query_text.lower()
-        rows = [e for e in self.entries if not q or q in
-                f"{e.name} {e.kind} {e.location} {' '.join(e.problems)}".lower()]
-        keyfuncs = [lambda e: e.name, lambda e: e.kind or "", lambda e: e.created_at,
-                    lambda e: e.created_at, lambda e: e.size_bytes or 0,
-                    lambda e: e.location, _drill, lambda e: len(e.problems)]
-        key = keyfuncs[self.sort_col]
-        rows.sort(key=lambda e: (key(e) is None, key(e) or 0), reverse=self.sort_col in (2, 3))
-        with self.app.batch_update():
-            table.clear()
-            for e in rows:
-                table.add_row(e.name, e.kind or "?",
-                              e.created_at.strftime("%Y-%m-%d %H:%M") if e.created_at else "-",
-                              age(e.created_at, now), size(e.size_bytes), e.location,
-                              _drill(e), "; ".join(e.problems) or "ok", key=e.name)
+        picked = [row for row, text in self._rows if not q or q in text]
+        col, rev = self.sort_col, self.reverse
+        by_name = self.by_name
+        picked.sort(key=lambda r: _sort_key(by_name[r.key], col), reverse=rev)
+        table = self.query_one("#backups", BackupList)
+        table.sort_column, table.sort_reverse = col, rev
+        table.set_rows(picked)
+        shown = f"{len(picked):,} of {len(self._rows):,}" if q else f"{len(picked):,}"
+        self.query_one("#browser-title", Label).update(
+            f"Backups: {shown}  (/ filter, s sort, Enter restore, d drill, v checksum, f fetch)")
         self.show_detail()
 
     def selected(self) -> BackupEntry | None:
-        table = self.query_one("#backups", DataTable)
-        if table.row_count == 0:
-            return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        return next((e for e in self.entries if e.name == key), None)
+        key = self.query_one("#backups", BackupList).selected_key
+        return self.by_name.get(key) if key else None
 
     def show_detail(self) -> None:
         e = self.selected()
-        self.query_one("#detail", Static).update(detail_text(e) if e else "No backups yet.")
+        self.query_one("#detail", Static).update(
+            detail_text(e) if e else ("No backup matches the filter." if self._rows
+                                      else "No backups yet."))
 
-    @on(DataTable.RowHighlighted)
+    @on(BackupList.Highlighted)
     def _highlighted(self) -> None:
         self.show_detail()
+
+    @on(BackupList.HeaderClicked)
+    def _header_clicked(self, event: BackupList.HeaderClicked) -> None:
+        if event.column == self.sort_col:
+            self.reverse = not self.reverse
+        else:
+            self.sort_col, self.reverse = event.column, event.column in NEWEST_FIRST
+        self.fill()
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
@@ -132,14 +182,15 @@ class BrowserScreen(Screen[None]):
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
-        self.query_one("#backups", DataTable).focus()
+        self.query_one("#backups", BackupList).focus()
 
     def action_filter(self) -> None:
         self.query_one("#filter", Input).focus()
 
     def action_sort(self) -> None:
         self.sort_col = (self.sort_col + 1) % len(COLUMNS)
-        self.notify(f"sorted by {COLUMNS[self.sort_col]}", timeout=2)
+        self.reverse = self.sort_col in NEWEST_FIRST
+        self.notify(f"sorted by {COLUMNS[self.sort_col].label}", timeout=2)
         self.fill()
 
     def action_restore(self) -> None:
@@ -164,12 +215,36 @@ class BrowserScreen(Screen[None]):
 
         e = self.selected()
         if e is None or e.location == "s3":
-            self.app.call_from_thread(self.notify, "Only local archives can be checked here.")
+            self.app.call_from_thread(self.notify, "Only local archives can be checked here: "
+                                      "fetch it from S3 first (f).")
             return
         ok = sha256_matches(e)
         self.app.call_from_thread(
             self.notify, f"{e.name}: checksum {'matches' if ok else 'DOES NOT MATCH'}",
             severity="information" if ok else "error")
+
+    @work(thread=True, exclusive=True, group="fetch")
+    def action_fetch(self) -> None:
+        from tui.core.errors import PgRunbookError
+        from tui.core.restore import resolve_backup
+
+        e = self.selected()
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        if e is None:
+            return
+        if e.location != "s3":
+            app.call_from_thread(self.notify, f"{e.name} is already here: {e.path}")
+            return
+        app.call_from_thread(self.notify, f"Downloading {e.name} from S3…", timeout=3)
+        try:
+            got = resolve_backup(app.settings, e.name)
+        except PgRunbookError as exc:
+            app.call_from_thread(self.notify, f"{exc.message} {exc.hint or ''}".strip(),
+                                 severity="error", timeout=10)
+            return
+        app.call_from_thread(self.notify, f"{got.name} downloaded and its checksum verified.")
+        app.forget_inventory()
+        self.load()
 
 
 class HistoryScreen(Screen[None]):

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, ListItem, ListView, Static
 
-from tui.core.fmt import age, size
+from tui.core.fmt import age, short_age, size
 from tui.core.inventory import BackupEntry
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class HomeScreen(Screen[None]):
                 yield Label("Newest backups", classes="section")
                 yield DataTable(id="newest", cursor_type="row", zebra_stripes=True)
                 yield Label("Health", classes="section")
-                yield Static("", id="health")
+                yield Static("Reading the inventory…", id="health")
             with Vertical(id="home-right"):
                 yield Label("Runbooks (Enter to start)", classes="section")
                 yield ListView(*[ListItem(Label(b.name), id=f"rb-{b.id}")
@@ -71,17 +72,23 @@ class HomeScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#newest", DataTable)
         table.add_columns("name", "kind", "age", "size")
-        self.refresh_data()
         self.query_one("#runbooks", ListView).focus()
 
+    @work(thread=True, exclusive=True, group="inventory")
     def refresh_data(self) -> None:
+        """The inventory is read off the event loop: the screen is up at once, and the newest
+        backups and the health lines fill in when it is read."""
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         entries = app.inventory()
+        app.call_from_thread(self._show, entries)
+
+    def _show(self, entries: list[BackupEntry]) -> None:
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
         now = app.now()
         table = self.query_one("#newest", DataTable)
         table.clear()
         for e in entries[:6]:
-            table.add_row(e.name[16:] or e.name, e.kind or "?", age(e.created_at, now),
+            table.add_row(e.name[16:] or e.name, e.kind or "?", short_age(e.created_at, now),
                           size(e.size_bytes), key=e.name)
         self.query_one("#health", Static).update("\n".join(health_lines(entries, now)))
 

@@ -4,6 +4,7 @@ live output, progress and (after a restore) the verification table on the right.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,8 @@ class RunnerScreen(Screen[None]):
         self.run_state = run
         self.reason = reason
         self.restored: str | None = None
-        self._pending: list[str] = []
+        # Lines waiting for the next flush; never more than the Log keeps anyway.
+        self._pending: deque[str] = deque(maxlen=LOG_LINES)
         self._lock = threading.Lock()
 
     # -- layout ----------------------------------------------------------------------------
@@ -168,7 +170,16 @@ class RunnerScreen(Screen[None]):
 
     # -- events from the engine --------------------------------------------------------------
     def emit(self, event: Event) -> None:
-        """The engine's Emit: safe from the event loop and from worker threads."""
+        """The engine's Emit: safe from the event loop and from worker threads.
+
+        Output lines only join the pending batch (under a lock, from any thread): the 0.1 s
+        flush writes them, so a flood of pg_restore output costs the event loop one Log write
+        per flush and never more than the Log's own line limit in memory. Other events update
+        widgets, on the event loop."""
+        if isinstance(event, RestoreLine | ToolOutput):
+            with self._lock:
+                self._pending.append(event.line)
+            return
         app = self.app
         if threading.get_ident() != app._thread_id:
             app.call_from_thread(self._handle, event)
@@ -176,19 +187,19 @@ class RunnerScreen(Screen[None]):
             self._handle(event)
 
     def _handle(self, event: Event) -> None:
-        bar = self.query_one("#progress", ProgressBar)
         if isinstance(event, RestoreLine | ToolOutput):
-            with self._lock:
-                self._pending.append(event.line)
+            self._write(event.line)
         elif isinstance(event, PhaseStarted):
             self._write(f"== {event.phase} {event.detail}")
             self.update_status(f"{event.phase}…")
         elif isinstance(event, Notice):
             self._write(f"{event.level}: {event.message}")
         elif isinstance(event, DumpProgress):
+            bar = self.query_one("#progress", ProgressBar)
             bar.display = True
             bar.update(total=event.expected_bytes or None, progress=event.bytes_written)
         elif isinstance(event, Progress):
+            bar = self.query_one("#progress", ProgressBar)
             bar.display = True
             bar.update(total=event.total or None, progress=event.done)
 
@@ -198,11 +209,13 @@ class RunnerScreen(Screen[None]):
 
     def _flush_log(self) -> None:
         with self._lock:
-            batch, self._pending = self._pending, []
-        if batch:
-            log = self.query_one("#output", Log)
-            log.write_lines(batch)
-            log.refresh()  # a full Log stops repainting without it (Textual 8.2.8)
+            if not self._pending:
+                return
+            batch = list(self._pending)
+            self._pending.clear()
+        log = self.query_one("#output", Log)
+        log.write_lines(batch)
+        log.refresh()  # a full Log stops repainting without it (Textual 8.2.8)
 
     # -- keys ------------------------------------------------------------------------------
     @on(SelectionList.SelectedChanged, "#checklist")

@@ -1,0 +1,1 @@
+"""Widgets of the TUI that Textual does not provide."""
