@@ -147,3 +147,16 @@ async def test_a_dialog_opened_while_the_terminal_was_unfocused_takes_the_first_
         await pilot.pause()
         assert isinstance(app.screen, AskText)
         assert app.screen.query_one(Input).value == "the hotfix"
+
+
+async def test_the_inventory_is_read_again_only_when_the_backup_directory_changes(
+        workspace: Workspace) -> None:
+    workspace.run("backup", "first", check=True)
+    app = make_app(settings_for(workspace))
+    async with app.run_test(size=(80, 24)):
+        await app.workers.wait_for_complete()
+        held = app.inventory()
+        assert [e.name[16:] for e in held] == ["first"]
+        assert app.inventory() is held  # nothing changed: no second read of every file
+        workspace.run("backup", "second", check=True)
+        assert [e.name[16:] for e in app.inventory()] == ["second", "first"]

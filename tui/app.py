@@ -22,7 +22,7 @@ from tui.screens.modals import AskText
 from tui.screens.runner import RunnerScreen
 
 MIN_SIZE = (80, 24)
-INVENTORY_TTL = 30.0  # seconds before the screens read the inventory again anyway
+INVENTORY_TTL = 30.0  # seconds before the screens list the S3 bucket again
 
 
 class RunbookCommands(Provider):
@@ -75,20 +75,23 @@ class PgRunbookApp(App[None]):
 
     def inventory(self) -> list[BackupEntry]:
         """The merged inventory, shared by the screens: read again when the backup directory
-        changed (every backup, download, drill or deletion renames a file in it) or after
-        INVENTORY_TTL seconds (S3 can change from elsewhere). Safe from worker threads."""
+        changed (every backup, download, drill or deletion creates or renames a file in it)
+        and, with S3 configured, after INVENTORY_TTL seconds (the bucket can change from
+        elsewhere). Safe from worker threads."""
         import time
 
         try:
             stamp: int | None = self.settings.backup_dir.stat().st_mtime_ns
         except OSError:
             stamp = None
+        s3 = s3_config(self.settings)
         with self._inventory_lock:
             cached = self._inventory_cache
-            if cached and cached[0] == stamp and time.monotonic() - cached[1] < INVENTORY_TTL:
+            if cached and cached[0] == stamp and (
+                    s3 is None or time.monotonic() - cached[1] < INVENTORY_TTL):
                 return cached[2]
         try:
-            entries = merged_inventory(self.settings.backup_dir, s3_config(self.settings))
+            entries = merged_inventory(self.settings.backup_dir, s3)
         except Exception as exc:  # S3 down: show local, say why
             from tui.core.inventory import list_backups
 

@@ -4,7 +4,7 @@ pane and a size trend; actions on the selected backup."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from textual import on, work
@@ -98,13 +98,14 @@ class BrowserScreen(Screen[None]):
         self.reverse = True
         self.query_text = ""
         self._rows: list[tuple[ListRow, str]] = []  # every backup's row and its search text
+        self._now = datetime.now(UTC)  # ages are as of the inventory's reading
 
     def compose(self) -> ComposeResult:
         yield Label("Backups  (/ filter, s sort, Enter restore, d drill, v checksum, f fetch)",
                     classes="section", id="browser-title")
         yield Input(placeholder="filter: name, kind, problem…", id="filter")
         with Horizontal(id="browser-body"):
-            yield BackupList(COLUMNS, id="backups")
+            yield BackupList(COLUMNS, id="backups", formatter=self._format)
             with Vertical(id="browser-side"):
                 yield Label("Size, recent backups", classes="section")
                 yield Sparkline([], id="trend")
@@ -123,17 +124,21 @@ class BrowserScreen(Screen[None]):
         build every row's text once: filtering and sorting only pick and order them."""
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         entries = app.inventory()
-        now = app.now()
-        rows = []
-        for e in entries:
-            rows.append((ListRow(e.name, _cells(e, now), problem=bool(e.problems)),
-                         f"{e.name} {e.kind} {e.location} {' '.join(e.problems)}".lower()))
-        self.app.call_from_thread(self._loaded, entries, rows)
+        rows = [(ListRow(e.name, problem=bool(e.problems)),
+                 f"{e.name} {e.kind} {e.location} {' '.join(e.problems)}".lower())
+                for e in entries]
+        self.app.call_from_thread(self._loaded, entries, rows, app.now())
 
-    def _loaded(self, entries: list[BackupEntry], rows: list[tuple[ListRow, str]]) -> None:
+    def _format(self, name: str) -> tuple[str, ...]:
+        return _cells(self.by_name[name], self._now)
+
+    def _loaded(self, entries: list[BackupEntry], rows: list[tuple[ListRow, str]],
+                now: datetime) -> None:
         self.entries = entries
         self.by_name = {e.name: e for e in entries}
+        self._now = now
         self._rows = rows
+        self.query_one("#backups", BackupList).forget_formatting()
         sizes, durations = trend_values(entries)
         self.query_one("#trend", Sparkline).data = sizes
         self.query_one("#trend-duration", Sparkline).data = durations

@@ -8,7 +8,7 @@ row is one line, so nothing needs measuring: a row is formatted only when it scr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rich.segment import Segment
@@ -32,7 +32,9 @@ class Column:
 @dataclass(frozen=True)
 class ListRow:
     key: str
-    cells: tuple[str, ...]
+    # The cells' text, or None to have the list's `formatter` make it when the row is first
+    # drawn (10,000 backups need not all be formatted to show the 20 on screen).
+    cells: tuple[str, ...] | None = None
     problem: bool = False
 
 
@@ -87,9 +89,12 @@ class BackupList(ScrollView, can_focus=True):
             super().__init__()
             self.column = column
 
-    def __init__(self, columns: Sequence[Column], *, id: str | None = None) -> None:
+    def __init__(self, columns: Sequence[Column], *, id: str | None = None,
+                 formatter: Callable[[str], tuple[str, ...]] | None = None) -> None:
         super().__init__(id=id)
         self.columns = list(columns)
+        self.formatter = formatter
+        self._formatted: dict[str, tuple[str, ...]] = {}
         self.rows: list[ListRow] = []
         self.sort_column: int | None = None
         self.sort_reverse = False
@@ -103,6 +108,20 @@ class BackupList(ScrollView, can_focus=True):
     @property
     def selected_key(self) -> str | None:
         return self.rows[self.cursor].key if self.rows else None
+
+    def forget_formatting(self) -> None:
+        """Rows drawn from now on are formatted afresh (the data behind them changed)."""
+        self._formatted.clear()
+        self.refresh()
+
+    def cells_of(self, row: ListRow) -> tuple[str, ...]:
+        if row.cells is not None:
+            return row.cells
+        cells = self._formatted.get(row.key)
+        if cells is None:
+            cells = self.formatter(row.key) if self.formatter else (row.key,)
+            self._formatted[row.key] = cells
+        return cells
 
     def set_rows(self, rows: list[ListRow]) -> None:
         """Replace the rows; the cursor stays on the same backup when it is still there."""
@@ -181,6 +200,6 @@ class BackupList(ScrollView, can_focus=True):
                 style += self.get_component_rich_style("backup-list--problem")
             if index == self.cursor:
                 style += self.get_component_rich_style("backup-list--cursor")
-            text = self._line_text(row.cells)
+            text = self._line_text(self.cells_of(row))
         strip = Strip([Segment(text, style)], len(text))
         return strip.crop(scroll_x, scroll_x + width).extend_cell_length(width, style or Style())
