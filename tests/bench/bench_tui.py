@@ -377,7 +377,7 @@ def launch_once(workdir: Path, n: int, python: str, timeout: float = 60.0,
             tmux.run("send-keys", "-t", "t", "b")
             while True:
                 text = tmux.capture()
-                if "Backups  (/ filter" in text and browser_name[:15] in text:
+                if "(/ filter" in text and browser_name[:15] in text:
                     result["browser_open"] = time.perf_counter() - t1
                     break
                 if time.perf_counter() - t1 > timeout:

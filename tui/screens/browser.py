@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tui.app import PgRunbookApp
 
 # Name, age and size first: at 80 columns, beside the detail pane, those are what shows.
-COLUMNS = (Column("name", 33), Column("age", 6), Column("size", 8, right=True),
+COLUMNS = (Column("name", 31), Column("age", 6), Column("size", 8, right=True),
            Column("kind", 13), Column("where", 5), Column("drill", 5), Column("created", 16),
            Column("problems", 30))
 NEWEST_FIRST = (1, 6)  # age and created: newest first until clicked again
