@@ -212,3 +212,27 @@ def test_bad_s3_settings_get_one_line_and_exit_2(workspace: Workspace) -> None:
     workspace.write_env(BACKUP_S3_BUCKET="s3://joot/backups")
     proc = workspace.run("list")
     assert proc.returncode == 2 and "BACKUP_S3_BUCKET" in proc.stderr
+
+
+def test_an_upload_completed_before_the_backup_failed_leaves_nothing_in_the_bucket(
+        workspace: Workspace, moto_port: int, bucket: str, tmp_path: Path) -> None:
+    """The upload finishes while the backup still checks its archive; if a check then fails,
+    the whole object is deleted again (no archive without metadata.json, no multipart)."""
+    from tests.conftest import clean_env
+    from tui.core.s3 import StreamUpload, s3_config
+    from tui.core.settings import load_settings
+
+    s3_env(workspace, bucket, f"http://127.0.0.1:{moto_port}")
+    config = s3_config(load_settings(env_file=workspace.env_file, environ=clean_env()))
+    assert config is not None
+    archive = tmp_path / "archive"
+    archive.write_bytes(bytes(range(256)) * 80_000)  # 20.5 MB: three parts
+    up = StreamUpload(config, "20261124_120000", archive)
+    up.start()
+    up.writer_done(archive.stat().st_size)
+    assert up._thread is not None
+    up._thread.join(60)
+    assert keys(moto_port, bucket) == [up.key]  # whole, before any metadata.json
+    up.abort()
+    assert keys(moto_port, bucket) == []
+    assert client(moto_port).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

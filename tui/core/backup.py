@@ -650,6 +650,10 @@ async def _dump(
         written = os.fstat(fd).st_size
         elapsed = time.monotonic() - begun
         emit(DumpProgress(written, elapsed, written / elapsed if elapsed else 0.0, written, 0.0))
+        if upload_box:
+            # The rest of the upload runs while the archive is fsynced, hashed and read back;
+            # metadata.json, the mark of a complete backup in S3, still goes up only after.
+            upload_box[0].writer_done(written)
         try:
             os.fsync(fd)
         except OSError as exc:

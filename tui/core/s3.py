@@ -161,6 +161,7 @@ class StreamUpload:
         self._error: BaseException | None = None
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
+        self._stored = False  # the archive object exists (its metadata.json may not yet)
         self._client: Any = None
         self.uploaded = 0
 
@@ -216,6 +217,7 @@ class StreamUpload:
                     Bucket=self.config.bucket, Key=self.key, UploadId=self._upload_id,
                     MultipartUpload={"Parts": self._parts})
                 self._upload_id = None
+                self._stored = True
             elif offset == 0:
                 self._single_put(0)
         except BaseException as exc:  # reported by finish()
@@ -244,13 +246,19 @@ class StreamUpload:
         self._client.put_object(Bucket=self.config.bucket, Key=self.key,
                                 Body=self._read(0, length), ChecksumAlgorithm="SHA256",
                                 **self.config.extra_put_args())
+        self._stored = True
         self.uploaded = length
         self.on_progress(length)
 
-    def finish(self, final_size: int, sha256: str, kind: str, meta: dict[str, Any]) -> str:
-        """The writer is done: upload the rest, tag, put metadata.json. Returns the key."""
+    def writer_done(self, final_size: int) -> None:
+        """The file is whole: the last part goes up and the upload completes while the backup
+        checks its archive; `finish()` then only tags it and puts metadata.json."""
         self._final_size = final_size
         self._done_writing.set()
+
+    def finish(self, final_size: int, sha256: str, kind: str, meta: dict[str, Any]) -> str:
+        """The writer is done: upload the rest, tag, put metadata.json. Returns the key."""
+        self.writer_done(final_size)
         assert self._thread is not None
         self._thread.join()
         try:
@@ -279,11 +287,18 @@ class StreamUpload:
             self._upload_id = None
 
     def abort(self) -> None:
+        """Stop, abort the multipart upload, and remove the object if it was already whole
+        (the upload can complete before the backup's last checks fail): no archive is left in
+        the bucket without its metadata.json."""
         self._aborted.set()
         self._done_writing.set()
         if self._thread is not None:
             self._thread.join()
         self._abort_multipart()
+        if self._stored and self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.delete_object(Bucket=self.config.bucket, Key=self.key)
+            self._stored = False
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
