@@ -160,3 +160,120 @@ async def test_the_inventory_is_read_again_only_when_the_backup_directory_change
         assert app.inventory() is held  # nothing changed: no second read of every file
         workspace.run("backup", "second", check=True)
         assert [e.name[16:] for e in app.inventory()] == ["second", "first"]
+
+
+RETRY_RUNBOOK = """\
+name = "Retry drill"
+description = "A step that fails once, one that always fails, then a verification."
+
+[[steps]]
+id = "flaky"
+kind = "command"
+title = "Flaky command"
+command = "flaky"
+
+[[steps]]
+id = "broken"
+kind = "command"
+title = "Broken command"
+command = "broken"
+
+[[steps]]
+id = "verify"
+kind = "verify"
+title = "Verify counts"
+"""
+
+
+async def wait_for_step(pilot, runner: RunnerScreen, index: int, status: str) -> None:  # type: ignore[no-untyped-def]
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    assert runner.run_state.states[index].status == status, runner.run_state.states[index]
+
+
+async def test_a_failed_step_blocks_until_run_again_or_skipped_with_a_reason(
+        workspace: Workspace, server: Server, tmp_path: Path) -> None:
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "retry.toml").write_text(RETRY_RUNBOOK)
+    mark = tmp_path / "ran-once"
+    flaky = f"sh -c 'test -f {mark} || {{ touch {mark}; echo first try fails; exit 3; }}'"
+    out = json.loads(workspace.run("backup", "--json", check=True).stdout)
+    meta = json.loads(Path(out["meta_path"]).read_text())
+    with server.connect(workspace.dbname) as conn:
+        conn.execute("DELETE FROM public.payment WHERE payment_id % 10 = 0")
+    app = make_app(settings_for(workspace, RUNBOOK_DIR=str(books),
+                                RUNBOOK_COMMAND_FLAKY=flaky,
+                                RUNBOOK_COMMAND_BROKEN="sh -c 'echo no such service; exit 1'"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.workers.wait_for_complete()
+        app.start_runbook("retry")
+        await pilot.pause()
+        runner = app.screen
+        assert isinstance(runner, RunnerScreen)
+        # 1. Fails, blocks, and passes when run again.
+        await pilot.press("x")
+        await wait_for_step(pilot, runner, 0, "failed")
+        await pilot.press("n")
+        assert runner.run_state.current == 0
+        await pilot.press("x")
+        await wait_for_step(pilot, runner, 0, "done")
+        await pilot.press("n")
+        assert runner.run_state.current == 1
+        # 2. Always fails: skipping it asks why, and an empty answer is no answer.
+        await pilot.press("x")
+        await wait_for_step(pilot, runner, 1, "failed")
+        await pilot.press("k")
+        await pilot.pause()
+        assert isinstance(app.screen, AskText)
+        await pilot.press("enter")
+        assert isinstance(app.screen, AskText)  # "Type something"
+        await pilot.press(*"service is down, checked by hand", "enter")
+        await pilot.pause()
+        assert runner.run_state.states[1].status == "skipped"
+        assert runner.run_state.states[1].reason == "service is down, checked by hand"
+        assert runner.run_state.current == 2
+        # 3. The damaged database fails verification: FAIL, the differing table first.
+        await pilot.press("x")
+        await wait_for_step(pilot, runner, 2, "failed")
+        verdict = runner.query_one("#verdict", Static)
+        assert "VERIFICATION FAIL" in str(verdict.render()) and verdict.has_class("fail")
+        first = runner.query_one("#counts", DataTable).get_row_at(0)
+        assert "public.payment" in str(first[0]) and "DIFFERS" in str(first[4])
+        await pilot.press("escape")  # leave part-way: the run still gets its report and audit
+        await pilot.pause()
+        assert not isinstance(app.screen, RunnerScreen)
+    reports = list((workspace.path / "reports").glob("runbook_*_retry.md"))
+    assert len(reports) == 1 and "not complete" in reports[0].read_text()
+    assert "service is down, checked by hand" in reports[0].read_text()
+    name = str(first[0]).split("public.", 1)[1]
+    expected = next(t["rows"] for t in meta["tables"] if t["name"] == name)
+    assert str(first[1]) == f"{expected:,}"
+    audit = [json.loads(x) for x in (workspace.backup_dir / "audit.log").read_text().splitlines()]
+    verify_end = [e for e in audit if e["operation"] == "verify" and e["event"] == "end"][-1]
+    assert verify_end["result"] == "verify-failed" and f"public.{name}" in verify_end["differing"]
+    run_end = [e for e in audit if e["operation"] == "runbook" and e["event"] == "end"][-1]
+    assert run_end["result"] == "abandoned" and run_end["arguments"]["runbook"] == "retry"
+    assert [st["status"] for st in run_end["steps"]] == ["done", "skipped", "failed"]
+    assert run_end["steps"][1]["reason"] == "service is down, checked by hand"
+
+
+async def test_history_lists_the_audit_trail_newest_first_and_filters(
+        workspace: Workspace) -> None:
+    workspace.run("backup", "first", "--reason", "before the import", check=True)
+    workspace.run("verify", "latest")
+    workspace.run("backup", "second", check=True)
+    app = make_app(settings_for(workspace))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.press("h")
+        await pilot.pause()
+        table = app.screen.query_one("#history", DataTable)
+        rows = [table.get_row_at(i) for i in range(table.row_count)]
+        assert rows[0][1] == "backup" and rows[0][2] == "end"
+        assert [r[0] for r in rows] == sorted((r[0] for r in rows), reverse=True)
+        assert any(r[6] == "before the import" for r in rows)
+        await pilot.press("slash", *"verify")
+        await pilot.pause()
+        assert table.row_count >= 1
+        assert all(table.get_row_at(i)[1] == "verify" for i in range(table.row_count))

@@ -375,7 +375,7 @@ def last_restored(settings: Settings) -> str | None:
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from tui.core.errors import ConfigError, OperationFailed
     from tui.core.restore import resolve_backup
-    from tui.core.verify import verify_counts
+    from tui.core.verify import run_verify
 
     spec = args.backup or last_restored(settings)
     if not spec:
@@ -385,8 +385,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     if entry.meta is None:
         raise OperationFailed(f"backup {entry.name} has no readable metadata to compare with.")
     _err(f"Verifying {settings.target.name} ({settings.target.describe()}) against {entry.name}")
-    report = verify_counts(settings, entry.meta, jobs=args.jobs or 4,
-                           emit=Renderer(verbose=args.verbose))
+    report = run_verify(settings, entry.meta, jobs=args.jobs or 4,
+                        emit=Renderer(verbose=args.verbose))
     if args.json:
         _out(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
     else:

@@ -184,23 +184,34 @@ def fetch_from_s3(settings: Settings, s3: S3Config, stamp: str, emit: Emit) -> B
         return load_entry(final)
     tmp = temp_path_for(final)
     key = s3.key_for(stamp, ARCHIVE_KEY)
-    emit(PhaseStarted("downloading", f"s3://{s3.bucket}/{key}"))
-    started = time.monotonic()
-    download(s3, key, tmp, lambda done, total: emit(
-        Progress("download", done, total, time.monotonic() - started)))
-    digest = hashlib.sha256()
-    with tmp.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    if digest.hexdigest() != meta["archive"]["sha256"]:
+    record = AuditLog(settings.backup_dir, secrets_of(settings)).start(
+        "download", target=None, arguments={"backup": name, "bucket": s3.bucket, "key": key},
+        reason=None)
+    try:
+        emit(PhaseStarted("downloading", f"s3://{s3.bucket}/{key}"))
+        started = time.monotonic()
+        download(s3, key, tmp, lambda done, total: emit(
+            Progress("download", done, total, time.monotonic() - started)))
+        digest = hashlib.sha256()
+        with tmp.open("rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != meta["archive"]["sha256"]:
+            raise OperationFailed(
+                f"the copy of {name} in S3 is damaged: its SHA-256 differs from metadata.json. "
+                "Nothing was changed.",
+                "Use another backup, and check the bucket (pgrunbook list).",
+            )
+        publish(tmp, final)
+        write_meta(meta_path_for(final), meta)
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise OperationFailed(
-            f"the copy of {name} in S3 is damaged: its SHA-256 differs from metadata.json. "
-            "Nothing was changed.",
-            "Use another backup, and check the bucket (pgrunbook list).",
-        )
-    publish(tmp, final)
-    write_meta(meta_path_for(final), meta)
+        message = exc.message if isinstance(exc, PgRunbookError) else \
+            f"{exc.__class__.__name__}: {exc}"
+        record.finish("interrupted" if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError)
+                      else "failed", message, backup=name)
+        raise
+    record.finish("ok", None, backup=name, sha256=meta["archive"]["sha256"])
     emit(Notice("info", f"downloaded {name} from S3 and verified its checksum."))
     return load_entry(final)
 

@@ -150,3 +150,25 @@ def verify_counts(
         key_tables=key,
         seconds=time.monotonic() - started,
     )
+
+
+def run_verify(settings: Settings, meta: dict[str, Any], *, jobs: int = 4, emit: Emit = ignore,
+               origin: str = "cli") -> VerifyReport:
+    """`pgrunbook verify` and the runbooks' verify step: the counts, recorded in the audit trail
+    with their verdict and the tables that differ."""
+    from tui.core.audit import AuditLog
+    from tui.core.backup import secrets_of
+
+    record = AuditLog(settings.backup_dir, secrets_of(settings)).start(
+        "verify", target=settings.target.public(),
+        arguments={"backup": meta.get("name"), "jobs": jobs}, reason=None, origin=origin)
+    try:
+        report = verify_counts(settings, meta, jobs=jobs, emit=emit)
+    except BaseException as exc:
+        record.finish("failed", str(exc), backup=meta.get("name"))
+        raise
+    differing = [f"{r.schema}.{r.table}" for r in report.mismatches]
+    record.finish("ok" if report.passed else "verify-failed",
+                  None if report.passed else f"{len(differing)} tables differ",
+                  backup=meta.get("name"), tables=len(report.rows), differing=differing[:50])
+    return report

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textual import on, work
@@ -67,6 +68,8 @@ class RunnerScreen(Screen[None]):
         # Lines waiting for the next flush; never more than the Log keeps anyway.
         self._pending: deque[str] = deque(maxlen=LOG_LINES)
         self._lock = threading.Lock()
+        self._run_closed = False
+        self._report_path: Path | None = None
 
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -89,6 +92,14 @@ class RunnerScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        from tui.core.audit import AuditLog
+        from tui.core.backup import secrets_of
+
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        book = self.run_state.runbook
+        self._audit = AuditLog(app.settings.backup_dir, secrets_of(app.settings)).start(
+            "runbook", target=app.settings.target.public(),
+            arguments={"runbook": book.id, "name": book.name}, reason=self.reason, origin="tui")
         self.query_one("#counts", DataTable).add_columns("table", "expected", "actual", "diff",
                                                          "status")
         self.set_interval(0.1, self._flush_log)
@@ -262,6 +273,9 @@ class RunnerScreen(Screen[None]):
         if any(w.is_running for w in self.workers):
             self.notify("An operation is running: cancel it first (c).", severity="warning")
             return
+        if not self._run_closed:
+            path = self._close("abandoned", "left before the runbook's last step")
+            self.notify(f"Runbook left part-way; report: {path}", timeout=6)
         self.app.pop_screen()
 
     def action_run_step(self) -> None:
@@ -374,14 +388,15 @@ class RunnerScreen(Screen[None]):
         import asyncio
 
         from tui.core.restore import resolve_backup
-        from tui.core.verify import verify_counts
+        from tui.core.verify import run_verify
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         spec = self.restored or self._backup_spec("selected")
         entry = await asyncio.to_thread(resolve_backup, app.settings, spec)
         if entry.meta is None:
             raise PgRunbookError(f"backup {entry.name} has no metadata to compare with")
-        report = await asyncio.to_thread(verify_counts, app.settings, entry.meta, emit=self.emit)
+        report = await asyncio.to_thread(run_verify, app.settings, entry.meta, emit=self.emit,
+                                         origin="tui")
         self.show_verification(report)
         if not report.passed:
             raise PgRunbookError(f"{len(report.mismatches)} tables differ from {entry.name}")
@@ -451,9 +466,19 @@ class RunnerScreen(Screen[None]):
 
     # -- end -------------------------------------------------------------------------------
     def finish_run(self) -> None:
+        path = self._close("ok")
+        self._write(f"runbook complete; report: {path}")
+        self.notify(f"Runbook complete. Report: {path}", timeout=10)
+
+    def _close(self, result: str, error: str | None = None) -> Path | None:
+        """Write the run's Markdown report and end its audit record (once): every run has
+        both, whether it completed, was left part-way or the app was quit."""
         from tui.core.drill import reports_dir
         from tui.core.fsutil import atomic_write_bytes, ensure_private_dir
 
+        if self._run_closed:
+            return self._report_path
+        self._run_closed = True
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         extra = ""
         if app.last_restore is not None and app.last_restore.verify is not None:
@@ -469,7 +494,14 @@ class RunnerScreen(Screen[None]):
         text = self.run_state.report(extra) + (f"\nReason: {self.reason}\n" if self.reason
                                                else "")
         atomic_write_bytes(path, text.encode())
-        self._write(f"runbook complete; report: {path}")
-        self.notify(f"Runbook complete. Report: {path}", timeout=10)
+        self._report_path = path
+        self._audit.finish(result, error, report=str(path), steps=[
+            {"id": st.step.id, "status": st.status, **({"reason": st.reason} if st.reason else {})}
+            for st in self.run_state.states])
+        return path
+
+    def on_unmount(self) -> None:
+        if not self._run_closed:
+            self._close("abandoned", "the app was closed before the runbook's last step")
 
 
