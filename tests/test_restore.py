@@ -374,3 +374,41 @@ def test_drill_on_a_target_uses_a_scratch_database(workspace: Workspace, server:
         left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE "
                             "'pgrunbook_drill_%'").fetchone()
     assert left[0] == 0
+
+
+def test_early_verification_waits_for_every_entry_that_locks_a_table(
+        workspace: Workspace, tmp_path: Path) -> None:
+    """A table is counted during the restore only after everything that locks it: its data,
+    its indexes and constraints, the foreign keys of other tables pointing at it, triggers."""
+    from tui.core.archive import read_dependencies, read_toc
+    from tui.core.pgtools import find_tool
+    from tui.core.settings import load_settings
+    from tui.core.verify import table_blockers
+
+    meta = _backup(workspace)
+    plain = tmp_path / "plain.dump"
+    archive = workspace.backup_dir / meta["archive"]["file"]
+    subprocess.run(["zstd", "-dq", "-o", str(plain), str(archive)], check=True)
+    settings = load_settings(env_file=workspace.env_file, environ=clean_env())
+    pg_restore = find_tool("pg_restore", settings, 15, "test").path
+    toc = read_toc(plain, pg_restore)
+    deps = read_dependencies(plain, pg_restore)
+    assert deps, "pg_restore --list --verbose gave no dependencies"
+    tables = [(t["schema"], t["name"]) for t in meta["tables"]]
+    blockers = table_blockers(toc.entries, deps, tables, skipped=set(), privileges=False)
+    text = {e.dump_id: e.text for e in toc.entries}
+
+    film = {text[d].rsplit(" ", 1)[0] for d in blockers[("public", "film")]}
+    assert "TABLE DATA public film" in film
+    assert "CONSTRAINT public film film_pkey" in film
+    assert "INDEX public film_fulltext_idx" in film
+    # Other tables' foreign keys that reference film lock it too.
+    assert "FK CONSTRAINT public film_actor film_actor_film_id_fkey" in film
+    assert "FK CONSTRAINT public inventory inventory_film_id_fkey" in film
+    assert "TRIGGER public film film_fulltext_trigger" in film
+    assert not any("actor_pkey" in b or "idx_actor_last_name" in b for b in film)
+    # Nothing of the pre-data section (done before pg_restore's workers start).
+    assert not any(b.startswith(("TABLE public", "SEQUENCE ", "DEFAULT ")) for b in film)
+    # Grants count only when they are restored.
+    with_acl = table_blockers(toc.entries, deps, tables, skipped=set(), privileges=True)
+    assert blockers[("public", "film")] <= with_acl[("public", "film")]

@@ -142,3 +142,28 @@ def read_toc(path: Path, pg_restore: Path, env: dict[str, str] | None = None) ->
             detail=message,
         )
     return parse_toc(out.decode("utf-8", errors="replace"))
+
+
+_DEPENDS_RE = re.compile(r"^;\s+depends on:\s*(.*)$")
+
+
+def read_dependencies(path: Path, pg_restore: Path,
+                      env: dict[str, str] | None = None) -> dict[int, list[int]]:
+    """Each entry's dependencies (dump ids), from `pg_restore --list --verbose` of a plain
+    custom-format file. Empty when they cannot be read: callers then do without."""
+    proc = subprocess.run([str(pg_restore), "--list", "--verbose", str(path)],
+                          capture_output=True, check=False, env=env)
+    if proc.returncode != 0:
+        return {}
+    deps: dict[int, list[int]] = {}
+    current: int | None = None
+    for line in proc.stdout.decode("utf-8", errors="replace").splitlines():
+        m = _ENTRY_RE.match(line)
+        if m:
+            current = int(m.group(1))
+            deps.setdefault(current, [])
+            continue
+        d = _DEPENDS_RE.match(line)
+        if d and current is not None:
+            deps[current].extend(int(x) for x in d.group(1).split() if x.isdigit())
+    return deps

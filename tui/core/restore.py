@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tui.core.archive import Toc, TocEntry, container_of, read_toc
+from tui.core.archive import Toc, TocEntry, container_of, read_dependencies, read_toc
 from tui.core.audit import AuditLog
 from tui.core.backup import BackupRequest, run_backup, secrets_of
 from tui.core.errors import ConfigError, OperationFailed, PgRunbookError
@@ -41,7 +41,7 @@ from tui.core.oplog import OperationLog
 from tui.core.pgtools import PgTool, connect, find_tool, libpq_env
 from tui.core.s3 import S3Config, s3_config
 from tui.core.settings import Settings, Target
-from tui.core.verify import VerifyReport, verify_counts
+from tui.core.verify import EarlyVerifier, VerifyReport, table_blockers, verify_counts
 
 SUPABASE_MANAGED_SCHEMAS = frozenset({
     "auth", "storage", "realtime", "extensions", "graphql", "graphql_public", "vault",
@@ -319,6 +319,7 @@ def filter_entries(toc: Toc, *, superuser: bool, app_schemas_only: bool) -> list
 
 
 _ITEM_RE = re.compile(r"^pg_restore: (creating|processing data for table|executing|finished item)")
+_FINISHED_RE = re.compile(r"^pg_restore: finished item (\d+) ")
 
 
 def explain_restore_errors(errors: list[str]) -> str:
@@ -477,8 +478,8 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
                 emit(Notice("warning", f"left out (the target cannot accept it): {e.text}"))
             restore_started = time.monotonic()
             state["restoring"] = True
-            await _pg_restore(settings, request, entry, toc, skipped, pg_restore, emit,
-                              safety_name, unpacker)
+            early = await _pg_restore(settings, request, entry, toc, skipped, pg_restore, emit,
+                                      safety_name, unpacker)
             restore_seconds = time.monotonic() - restore_started
     finally:
         with contextlib.suppress(psycopg.Error):
@@ -487,8 +488,12 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
     report = None
     if request.verify:
         emit(PhaseStarted("verifying", "exact row counts against the backup's"))
-        report = await asyncio.to_thread(
-            verify_counts, settings, entry.meta, jobs=request.jobs or default_jobs(), emit=emit)
+        if early is not None:
+            report = await asyncio.to_thread(early.finish)
+        else:
+            report = await asyncio.to_thread(
+                verify_counts, settings, entry.meta, jobs=request.jobs or default_jobs(),
+                emit=emit)
     return RestoreResult(
         backup=entry.name, target=target, safety_backup=safety_name, safety_note=safety_note,
         seconds=time.monotonic() - started, restore_seconds=restore_seconds,
@@ -735,7 +740,7 @@ class _Unpacker:
 
 async def _pg_restore(settings: Settings, request: RestoreRequest, entry: BackupEntry, toc: Toc,
                       skipped: list[TocEntry], pg_restore: PgTool, emit: Emit,
-                      safety: str | None, unpacker: _Unpacker) -> None:
+                      safety: str | None, unpacker: _Unpacker) -> EarlyVerifier | None:
     target = settings.target
     jobs = request.jobs or default_jobs()
     work: list[Path] = []
@@ -756,10 +761,29 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
         total = len(toc.entries) - len(skipped)
         emit(PhaseStarted("restoring", f"pg_restore {pg_restore.version}, {jobs} jobs, "
                                        f"{total} items"))
+        early = None
+        if request.verify and jobs > 1 and entry.meta is not None:
+            # Tables whose every dependent entry pg_restore has finished are counted and
+            # analyzed while it works on the others (pg_restore reports finished items only
+            # with --jobs > 1).
+            deps = await asyncio.to_thread(read_dependencies, archive, pg_restore.path)
+            if deps:
+                tables = [(str(t["schema"]), str(t["name"])) for t in entry.meta["tables"]]
+                blockers = table_blockers(
+                    toc.entries, deps, tables, skipped={e.dump_id for e in skipped},
+                    privileges="--no-privileges" not in argv)
+                early = EarlyVerifier(settings, entry.meta, blockers, jobs=jobs, emit=emit)
         with libpq_env(target, settings) as env:
             env["PGOPTIONS"] = (env.get("PGOPTIONS", "") +
                                 f" -c lock_timeout={request.lock_timeout}").strip()
-            await _run_pg_restore(argv, env, total, emit, entry, target, safety)
+            try:
+                await _run_pg_restore(argv, env, total, emit, entry, target, safety,
+                                      early.item_finished if early else None)
+            except BaseException:
+                if early is not None:
+                    await asyncio.shield(asyncio.to_thread(early.abort))
+                raise
+        return early
     finally:
         for path in work:
             with contextlib.suppress(FileNotFoundError):
@@ -767,7 +791,8 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
 
 
 async def _run_pg_restore(argv: list[str], env: dict[str, str], total: int, emit: Emit,
-                          entry: BackupEntry, target: Target, safety: str | None) -> None:
+                          entry: BackupEntry, target: Target, safety: str | None,
+                          on_finished: Callable[[int], None] | None = None) -> None:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         stdin=asyncio.subprocess.DEVNULL, process_group=0)
@@ -789,6 +814,8 @@ async def _run_pg_restore(argv: list[str], env: dict[str, str], total: int, emit
             emit(RestoreLine(line, is_error))
             if _ITEM_RE.match(line):
                 done = min(done + 1, total)
+                if on_finished is not None and (fin := _FINISHED_RE.match(line)):
+                    on_finished(int(fin.group(1)))
             now = time.monotonic()
             if now - last > 0.2:
                 last = now

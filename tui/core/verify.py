@@ -3,15 +3,19 @@ recorded in its own snapshot, plus tables per schema and the SOP's key tables.""
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
+from tui.core.archive import TocEntry
 from tui.core.events import Emit, PhaseStarted, ignore
 from tui.core.pgtools import connect
 from tui.core.settings import Settings, Target
@@ -73,30 +77,35 @@ class VerifyReport:
         }
 
 
+def _present(conn: psycopg.Connection[Any]) -> set[tuple[str, str]]:
+    return {(str(r[0]), str(r[1])) for r in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')").fetchall()}
+
+
+def _count_one(conn: psycopg.Connection[Any], schema: str, name: str, analyze: bool) -> int:
+    """The exact count, then ANALYZE while the table's pages are still in cache (the count has
+    just set their hint bits)."""
+    ident = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(ident)).fetchone()
+    if analyze:
+        conn.execute(sql.SQL("ANALYZE {}").format(ident))
+    return int(str(row[0])) if row else 0
+
+
 def _count_worker(target: Target, settings: Settings, dbname: str,
                   work: queue.SimpleQueue[tuple[str, str]], analyze: bool,
                   out: dict[tuple[str, str], int | None]) -> None:
-    """One connection: take the next table (largest first) until none is left; count it, then
-    ANALYZE it while its pages are still in cache (the count has just set their hint bits)."""
+    """One connection: take the next table (largest first) until none is left."""
     with connect(target, settings, dbname=dbname) as conn:
-        present = {
-            (str(r[0]), str(r[1])) for r in conn.execute(
-                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
-                " ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')").fetchall()
-        }
+        present = _present(conn)
         while True:
             try:
                 schema, name = work.get_nowait()
             except queue.Empty:
                 return
-            if (schema, name) not in present:
-                out[(schema, name)] = None
-                continue
-            ident = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-            row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(ident)).fetchone()
-            out[(schema, name)] = int(str(row[0])) if row else None
-            if analyze:
-                conn.execute(sql.SQL("ANALYZE {}").format(ident))
+            out[(schema, name)] = (_count_one(conn, schema, name, analyze)
+                                   if (schema, name) in present else None)
 
 
 def verify_counts(
@@ -129,6 +138,12 @@ def verify_counts(
         for done in [pool.submit(_count_worker, target, settings, dbname, work, analyze, actual)
                      for _ in range(n)]:
             done.result()
+    return build_report(settings, meta, target, dbname, actual, started)
+
+
+def build_report(settings: Settings, meta: dict[str, Any], target: Target, dbname: str,
+                 actual: dict[tuple[str, str], int | None], started: float) -> VerifyReport:
+    expected = {(str(t["schema"]), str(t["name"])): int(t["rows"]) for t in meta["tables"]}
     rows = [CountRow(s, t, expected[(s, t)], actual.get((s, t))) for s, t in sorted(expected)]
     per_schema_expected = Counter(s for s, _ in expected)
     with connect(target, settings, dbname=dbname) as conn:
@@ -172,3 +187,163 @@ def run_verify(settings: Settings, meta: dict[str, Any], *, jobs: int = 4, emit:
                   None if report.passed else f"{len(differing)} tables differ",
                   backup=meta.get("name"), tables=len(report.rows), differing=differing[:50])
     return report
+
+
+# Entries that carry a table's rows; every entry after the first of them in the archive's table
+# of contents is restored in pg_restore's parallel phase (before it: the pre-data section, done
+# by pg_restore's leader before any worker starts).
+DATA_DESCS = ("TABLE DATA", "SEQUENCE SET", "BLOBS", "LARGE OBJECT", "MATERIALIZED VIEW DATA")
+ACL_DESCS = ("ACL", "DEFAULT ACL")
+
+
+def table_blockers(entries: list[TocEntry], deps: dict[int, list[int]],
+                   tables: list[tuple[str, str]], *, skipped: set[int],
+                   privileges: bool) -> dict[tuple[str, str], set[int]]:
+    """For each table: the dump ids pg_restore must have finished before the table can be
+    counted and analyzed while the restore goes on. That is its TABLE DATA and every entry that
+    depends on its TABLE or TABLE DATA entry, directly or through others (indexes, constraints,
+    foreign keys of other tables that reference it, triggers, policies, comments, grants): any of
+    them may take a lock that a running count (ACCESS SHARE) or ANALYZE (SHARE UPDATE
+    EXCLUSIVE) would hold up, and with the restore's lock_timeout, fail. Entries the restore
+    will not run (filtered out, or grants with --no-privileges) and the pre-data section
+    (finished before the parallel phase) are left out. A table whose entries cannot be found
+    is not in the result: it is verified after the restore."""
+    position = {e.dump_id: i for i, e in enumerate(entries)}
+    first_data = next((i for i, e in enumerate(entries) if e.desc in DATA_DESCS), len(entries))
+    dependents: dict[int, list[int]] = {}
+    for dump_id, on in deps.items():
+        for d in on:
+            dependents.setdefault(d, []).append(dump_id)
+    by_desc: dict[str, dict[str, TocEntry]] = {}
+    for e in entries:
+        by_desc.setdefault(e.desc, {})[e.text] = e
+    kinds = {e.dump_id: e.desc for e in entries}
+    out: dict[tuple[str, str], set[int]] = {}
+    for schema, name in tables:
+        def find(desc: str, schema: str = schema, name: str = name) -> TocEntry | None:
+            head = f"{desc} {schema} {name}"
+            return next((e for text, e in by_desc.get(desc, {}).items()
+                         if text == head or text.startswith(head + " ")), None)
+        table, data = find("TABLE"), find("TABLE DATA")
+        if table is None:
+            continue
+        roots = [table.dump_id] + ([data.dump_id] if data else [])
+        seen: set[int] = set(roots)
+        todo = list(roots)
+        while todo:
+            for d in dependents.get(todo.pop(), []):
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        out[(schema, name)] = {
+            d for d in seen
+            if d in position and position[d] >= first_data and d not in skipped
+            and not (not privileges and kinds.get(d) in ACL_DESCS)
+        }
+    return out
+
+
+class EarlyVerifier:
+    """Counts and analyzes each restored table as soon as pg_restore has finished every entry
+    that could lock it (`table_blockers`), on `jobs` connections of its own, while pg_restore
+    still builds other tables' indexes; `finish()` does the rest once pg_restore has exited
+    cleanly and returns the same report as `verify_counts`. Tables are never touched before
+    their turn, so the restore cannot be held up by the verification."""
+
+    def __init__(self, settings: Settings, meta: dict[str, Any],
+                 blockers: dict[tuple[str, str], set[int]], *, jobs: int,
+                 emit: Emit = ignore) -> None:
+        self.settings = settings
+        self.meta = meta
+        self.target = settings.target
+        self.emit = emit
+        self.started = time.monotonic()
+        self.expected = [(str(t["schema"]), str(t["name"])) for t in meta["tables"]]
+        self.waiting = {t: set(b) for t, b in blockers.items() if t in set(self.expected)}
+        self.done_ids: set[int] = set()
+        self.actual: dict[tuple[str, str], int | None] = {}
+        self.early = 0
+        self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="verify")
+        self.futures: list[Future[None]] = []
+        self._local = threading.local()
+        self._conns: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def item_finished(self, dump_id: int) -> None:
+        """pg_restore reported `finished item <dump_id>` (called from the event loop)."""
+        self.done_ids.add(dump_id)
+        ready = []
+        for table, blockers in self.waiting.items():
+            blockers.discard(dump_id)
+            if not blockers:
+                ready.append(table)
+        for table in ready:
+            del self.waiting[table]
+            self.early += 1
+            self._submit(table)
+
+    def _submit(self, table: tuple[str, str]) -> None:
+        if not self._stopped:
+            self.futures.append(self.pool.submit(self._verify_one, table))
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.target, self.settings)
+            self._local.conn = conn
+            self._local.present = _present(conn)
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def _verify_one(self, table: tuple[str, str]) -> None:
+        if self._stopped:
+            return
+        conn = self._conn()
+        if table not in self._local.present:  # created by the restore after this connection
+            self._local.present = _present(conn)
+        self.actual[table] = (_count_one(conn, *table, analyze=True)
+                              if table in self._local.present else None)
+
+    def finish(self) -> VerifyReport:
+        """pg_restore exited cleanly: verify what is left (largest first), gather everything.
+        The report's seconds are the time from here: what the verification adds to the restore."""
+        self.started = time.monotonic()
+        self.emit(PhaseStarted("counting and analyzing",
+                               f"{len(self.expected)} tables in {self.target.dbname}, "
+                               f"{self.early} of them already while pg_restore ran"))
+        try:
+            for f in list(self.futures):
+                f.result()
+            self.waiting.clear()
+            for table in sorted((t for t in self.expected if t not in self.actual),
+                                key=self._size, reverse=True):
+                self._submit(table)
+            for f in self.futures:
+                f.result()
+        finally:
+            self.close()
+        return build_report(self.settings, self.meta, self.target, self.target.dbname,
+                            self.actual, self.started)
+
+    def _size(self, table: tuple[str, str]) -> int:
+        return next((int(t["rows"]) for t in self.meta["tables"]
+                     if (str(t["schema"]), str(t["name"])) == table), 0)
+
+    def abort(self) -> None:
+        """The restore failed or was interrupted: stop at once (running queries cancelled)."""
+        self._stopped = True
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(Exception):
+                    conn.cancel()
+        self.close()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._conns.clear()
