@@ -83,14 +83,15 @@ def test_browser(snap_compare, app_factory, size) -> None:  # type: ignore[no-un
                         terminal_size=size)
 
 
-def test_runner_checklist(snap_compare, app_factory) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_runner_checklist(snap_compare, app_factory, size) -> None:  # type: ignore[no-untyped-def]
     async def open_runbook(pilot) -> None:  # type: ignore[no-untyped-def]
         pilot.app.start_runbook("standard-restore")
         await pilot.pause()
         await pilot.press(*"INC-1", "enter", "space")
         await pilot.pause()
 
-    assert snap_compare(app_factory(), run_before=open_runbook, terminal_size=(80, 24))
+    assert snap_compare(app_factory(), run_before=open_runbook, terminal_size=size)
 
 
 def test_help(snap_compare, app_factory) -> None:  # type: ignore[no-untyped-def]
