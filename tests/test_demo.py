@@ -23,6 +23,10 @@ def test_demo_starts_backs_up_lists_and_stops(tmp_path: Path) -> None:
         assert "Backup complete" in proc.stdout and "_manual" in proc.stdout
         env_file = tmp_path / "pgrunbook-demo" / "demo.env"
         assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+        # The README sources it in a shell to reach the database with psql.
+        sourced = subprocess.run(["sh", "-c", f"set -a; . {env_file}; echo $SUPABASE_DB_PORT"],
+                                 capture_output=True, text=True, check=False)
+        assert sourced.returncode == 0 and sourced.stderr == "" and sourced.stdout.strip()
         listing = run(tmp_path, "--env-file", str(env_file), "list", "--json", "--verify")
         entries = json.loads(listing.stdout)
         # A lived-in inventory: kinds and ages, the data growing from one backup to the next,

@@ -246,6 +246,9 @@ def start_demo(workdir: Path, transactions: int = 50_000) -> Demo:
         "PGRUNBOOK_DEFAULT_TARGET=demo",
         "PGRUNBOOK_PRODUCTION_TARGETS=production",
         "BACKUP_DIR=backups",
+        "# The runbooks' maintenance steps, harmless here; yours would switch the site over.",
+        "RUNBOOK_COMMAND_MAINTENANCE_ON=\"echo demo: maintenance mode on\"",
+        "RUNBOOK_COMMAND_MAINTENANCE_OFF=\"echo demo: maintenance mode off\"",
         "",
     ])
     atomic_write_bytes(env_file, env.encode())
