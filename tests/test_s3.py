@@ -236,3 +236,26 @@ def test_an_upload_completed_before_the_backup_failed_leaves_nothing_in_the_buck
     up.abort()
     assert keys(moto_port, bucket) == []
     assert client(moto_port).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_home_shows_the_s3_status_at_a_glance(workspace: Workspace, moto_port: int,
+                                                    bucket: str) -> None:
+    from textual.widgets import Static
+
+    from tests.conftest import clean_env
+    from tui.app import make_app
+    from tui.core.settings import load_settings
+
+    s3_env(workspace, bucket, f"http://127.0.0.1:{moto_port}")
+    workspace.run("backup", "shipped", check=True)
+    workspace.run("backup", "kept_here", "--no-upload", check=True)
+    for endpoint, expected in ((f"http://127.0.0.1:{moto_port}",
+                                f"S3: s3://{bucket}/backups/, 1 backup(s) there; 1 not uploaded"),
+                               (f"http://127.0.0.1:{free_port()}", "S3: unreachable")):
+        s3_env(workspace, bucket, endpoint)
+        app = make_app(load_settings(env_file=workspace.env_file, environ=clean_env()))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            health = str(app.screen.query_one("#health", Static).render())
+            assert expected in health, health

@@ -36,6 +36,7 @@ async def test_home_shows_target_backups_health_and_runbooks(workspace: Workspac
         assert app.screen.query_one("#newest", DataTable).row_count == 1
         health = str(app.screen.query_one("#health", Static).render())
         assert "Newest backup" in health and "Last drill" in health
+        assert "S3: off" in health
         await pilot.press("question_mark")
         assert app.screen.__class__.__name__ == "HelpScreen"
         await pilot.press("escape")

@@ -69,6 +69,7 @@ class PgRunbookApp(App[None]):
         self.selected_backup: str | None = None
         self._inventory_lock = threading.Lock()
         self._inventory_cache: tuple[int | None, float, list[BackupEntry]] | None = None
+        self.s3_error: str | None = None  # why the last S3 listing failed
         self.last_restore = None
 
     def now(self) -> datetime:
@@ -93,10 +94,13 @@ class PgRunbookApp(App[None]):
                 return cached[2]
         try:
             entries = merged_inventory(self.settings.backup_dir, s3)
+            self.s3_error = None
         except Exception as exc:  # S3 down: show local, say why
             from tui.core.inventory import list_backups
+            from tui.core.s3 import describe_error
 
-            self.notify(f"S3 unavailable: {exc}", severity="warning")
+            self.s3_error = describe_error(exc)
+            self.notify(f"S3 unavailable: {self.s3_error}", severity="warning")
             entries = list_backups(self.settings.backup_dir)
         with self._inventory_lock:
             self._inventory_cache = (stamp, time.monotonic(), entries)
@@ -105,6 +109,11 @@ class PgRunbookApp(App[None]):
         # and go by reference counting when the next inventory replaces them.
         gc.freeze()
         return entries
+
+    def s3_where(self) -> str | None:
+        """s3://bucket/prefix when S3 is configured."""
+        s3 = s3_config(self.settings)
+        return f"s3://{s3.bucket}/{s3.prefix}" if s3 else None
 
     def forget_inventory(self) -> None:
         with self._inventory_lock:

@@ -27,7 +27,20 @@ def target_banner(app: PgRunbookApp) -> Static:
     return Static(f" target {t.name}  {t.host}:{t.port}/{t.dbname} ", id="banner")
 
 
-def health_lines(entries: list[BackupEntry], now: datetime) -> list[str]:
+def s3_line(entries: list[BackupEntry], where: str | None, error: str | None) -> str:
+    """Off-site copies at a glance: off, unreachable, or how many are there and how many not."""
+    if where is None:
+        return "S3: [yellow]off[/] (no BACKUP_S3_BUCKET: no off-site copy)"
+    if error:
+        return f"S3: [b red]unreachable[/] ({where}): {error}"
+    there = sum(1 for e in entries if e.location in ("s3", "both"))
+    missing = sum(1 for e in entries if e.location == "local" and e.meta is not None)
+    text = f"S3: {where}, {there} backup(s) there"
+    return text + (f"; [b yellow]{missing} not uploaded[/] (pgrunbook upload NAME)"
+                   if missing else "")
+
+
+def health_lines(entries: list[BackupEntry], now: datetime, s3: str | None = None) -> list[str]:
     complete = [e for e in entries if e.complete]
     lines = []
     if not complete:
@@ -47,6 +60,8 @@ def health_lines(entries: list[BackupEntry], now: datetime) -> list[str]:
         lines.append(f"Last drill: {d.get('result')} {age(_parse_time(d.get('verified_at')), now)}")
     else:
         lines.append("Last drill: [yellow]never[/] — run the backup verification runbook")
+    if s3 is not None:
+        lines.append(s3)
     problems = sum(1 for e in entries if e.problems)
     if problems:
         lines.append(f"[b yellow]{problems} backup(s) with problems[/] (press b)")
@@ -90,7 +105,8 @@ class HomeScreen(Screen[None]):
         for e in entries[:6]:
             table.add_row(e.name[16:] or e.name, e.kind or "?", short_age(e.created_at, now),
                           size(e.size_bytes), key=e.name)
-        self.query_one("#health", Static).update("\n".join(health_lines(entries, now)))
+        self.query_one("#health", Static).update("\n".join(health_lines(
+            entries, now, s3_line(entries, app.s3_where(), app.s3_error))))
 
     def on_screen_resume(self) -> None:
         self.refresh_data()
