@@ -67,6 +67,22 @@ class Server:
              "-p", str(self.port), "-U", "postgres", "-d", dbname, *args],
             capture_output=True, text=True, env=env, check=True)
 
+    def block_create_table(self, dbname: str, key: int) -> psycopg.Connection:
+        """Make a restore into `dbname` stop at its first CREATE TABLE until the returned
+        connection lets go: an event trigger (outside any archive's schemas) waits for an
+        advisory lock that connection holds. It is named like pgrunbook's own sessions, so
+        --terminate-connections leaves it alone. Close it to let the restore go on."""
+        with self.connect(dbname) as conn:
+            conn.execute(f"""CREATE SCHEMA blocker;
+                CREATE FUNCTION blocker.wait() RETURNS event_trigger LANGUAGE plpgsql AS
+                $$ BEGIN PERFORM pg_advisory_lock({key}); PERFORM pg_advisory_unlock({key}); END $$;
+                CREATE EVENT TRIGGER blocker ON ddl_command_start WHEN TAG IN ('CREATE TABLE')
+                EXECUTE FUNCTION blocker.wait();""")
+        holder = self.connect(dbname)  # advisory locks belong to one database
+        holder.execute("SET application_name = 'pgrunbook'")
+        holder.execute("SELECT pg_advisory_lock(%s)", [key])
+        return holder
+
     def counts(self, dbname: str, tables: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
         out = {}
         with self.connect(dbname) as conn:

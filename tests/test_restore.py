@@ -256,17 +256,9 @@ def test_a_lock_held_by_the_application_times_out_clearly(workspace: Workspace,
 def test_ctrl_c_stops_pg_restore_and_points_at_the_safety_backup(workspace: Workspace,
                                                                  server: Server) -> None:
     _backup(workspace)
-    # An event trigger (outside the archive's schemas) makes pg_restore's first CREATE TABLE
-    # wait for an advisory lock the test holds: pg_restore is running, and stays there.
-    with server.connect(workspace.dbname) as conn:
-        conn.execute("""CREATE SCHEMA blocker;
-            CREATE FUNCTION blocker.wait() RETURNS event_trigger LANGUAGE plpgsql AS
-            $$ BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); END $$;
-            CREATE EVENT TRIGGER blocker ON ddl_command_start WHEN TAG IN ('CREATE TABLE')
-            EXECUTE FUNCTION blocker.wait();""")
-    holder = server.connect(workspace.dbname)  # advisory locks belong to one database
-    holder.execute("SET application_name = 'pgrunbook'")  # survives --terminate-connections
-    holder.execute("SELECT pg_advisory_lock(4242)")
+    # pg_restore's first CREATE TABLE waits for a lock the test holds: it is running, and
+    # stays there.
+    holder = server.block_create_table(workspace.dbname, 4242)
     proc = subprocess.Popen(workspace.cli_argv("restore", "latest", "--yes",
                                                "--terminate-connections"),
                             cwd=workspace.path, env=clean_env(), stdout=subprocess.PIPE,

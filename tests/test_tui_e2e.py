@@ -203,17 +203,9 @@ def test_cancel_mid_restore_leaves_the_safety_backup_and_a_clear_screen(
     workspace: Workspace, server: Server, tmp_path: Path
 ) -> None:
     workspace.run("backup", check=True)
-    # pg_restore's first CREATE TABLE waits on an advisory lock the test holds (see
-    # test_restore.py): the restore is running, and stays there until cancelled.
-    with server.connect(workspace.dbname) as conn:
-        conn.execute("""CREATE SCHEMA blocker;
-            CREATE FUNCTION blocker.wait() RETURNS event_trigger LANGUAGE plpgsql AS
-            $$ BEGIN PERFORM pg_advisory_lock(4243); PERFORM pg_advisory_unlock(4243); END $$;
-            CREATE EVENT TRIGGER blocker ON ddl_command_start WHEN TAG IN ('CREATE TABLE')
-            EXECUTE FUNCTION blocker.wait();""")
-    holder = server.connect(workspace.dbname)
-    holder.execute("SET application_name = 'pgrunbook'")
-    holder.execute("SELECT pg_advisory_lock(4243)")
+    # pg_restore's first CREATE TABLE waits on a lock the test holds: the restore is running,
+    # and stays there until cancelled.
+    holder = server.block_create_table(workspace.dbname, 4243)
     tmux = Tmux(tmp_path / "tmux.sock")
     cmd = (f"cd {shlex.quote(str(workspace.path))} && env LANG=C.UTF-8 "
            f"PATH={shlex.quote(clean_env()['PATH'])} {shlex.quote(sys.executable)} -m tui")

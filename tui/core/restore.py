@@ -34,14 +34,14 @@ from tui.core.backup import BackupRequest, run_backup, secrets_of
 from tui.core.errors import ConfigError, OperationFailed, PgRunbookError
 from tui.core.events import Emit, Notice, PhaseStarted, Progress, RestoreLine, ignore
 from tui.core.fsutil import ensure_private_dir, publish, temp_path_for
-from tui.core.inventory import HASH_CHUNK, BackupEntry, list_backups, load_entry
+from tui.core.inventory import HASH_CHUNK, BackupEntry, list_backups, load_entry, sha256_file
 from tui.core.locks import take_advisory_lock, target_lock_file
 from tui.core.metadata import ARCHIVE_SUFFIX, meta_path_for, write_meta
 from tui.core.oplog import OperationLog
 from tui.core.pgtools import PgTool, connect, find_tool, libpq_env
 from tui.core.s3 import S3Config, s3_config
 from tui.core.settings import Settings, Target
-from tui.core.verify import EarlyVerifier, VerifyReport, table_blockers, verify_counts
+from tui.core.verify import TableVerifier, VerifyReport, table_blockers, verify_counts
 
 SUPABASE_MANAGED_SCHEMAS = frozenset({
     "auth", "storage", "realtime", "extensions", "graphql", "graphql_public", "vault",
@@ -192,11 +192,7 @@ def fetch_from_s3(settings: Settings, s3: S3Config, stamp: str, emit: Emit) -> B
         started = time.monotonic()
         download(s3, key, tmp, lambda done, total: emit(
             Progress("download", done, total, time.monotonic() - started)))
-        digest = hashlib.sha256()
-        with tmp.open("rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != meta["archive"]["sha256"]:
+        if sha256_file(tmp) != meta["archive"]["sha256"]:
             raise OperationFailed(
                 f"the copy of {name} in S3 is damaged: its SHA-256 differs from metadata.json. "
                 "Nothing was changed.",
@@ -693,7 +689,6 @@ class _Unpacker:
         self.entry = entry
         self.path: Path | None = None
         self.proc: asyncio.subprocess.Process | None = None
-        self.started = 0.0
 
     async def start(self, emit: Emit) -> None:
         if container_of(self.entry.path) != "zstd":
@@ -704,7 +699,6 @@ class _Unpacker:
         self.path = temp_path_for(self.settings.backup_dir / f"{self.entry.name}.restore")
         emit(PhaseStarted("decompressing", "to a seekable file for parallel pg_restore, "
                                            "in the background"))
-        self.started = time.monotonic()
         # umask-independent: the file is created 0600 before zstd writes into it.
         os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.proc = await asyncio.create_subprocess_exec(
@@ -740,7 +734,7 @@ class _Unpacker:
 
 async def _pg_restore(settings: Settings, request: RestoreRequest, entry: BackupEntry, toc: Toc,
                       skipped: list[TocEntry], pg_restore: PgTool, emit: Emit,
-                      safety: str | None, unpacker: _Unpacker) -> EarlyVerifier | None:
+                      safety: str | None, unpacker: _Unpacker) -> TableVerifier | None:
     target = settings.target
     jobs = request.jobs or default_jobs()
     work: list[Path] = []
@@ -772,7 +766,7 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
                 blockers = table_blockers(
                     toc.entries, deps, tables, skipped={e.dump_id for e in skipped},
                     privileges="--no-privileges" not in argv)
-                early = EarlyVerifier(settings, entry.meta, blockers, jobs=jobs, emit=emit)
+                early = TableVerifier(settings, entry.meta, blockers, jobs=jobs, emit=emit)
         with libpq_env(target, settings) as env:
             env["PGOPTIONS"] = (env.get("PGOPTIONS", "") +
                                 f" -c lock_timeout={request.lock_timeout}").strip()

@@ -4,7 +4,6 @@ recorded in its own snapshot, plus tables per schema and the SOP's key tables.""
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
 from collections import Counter
@@ -93,21 +92,6 @@ def _count_one(conn: psycopg.Connection[Any], schema: str, name: str, analyze: b
     return int(str(row[0])) if row else 0
 
 
-def _count_worker(target: Target, settings: Settings, dbname: str,
-                  work: queue.SimpleQueue[tuple[str, str]], analyze: bool,
-                  out: dict[tuple[str, str], int | None]) -> None:
-    """One connection: take the next table (largest first) until none is left."""
-    with connect(target, settings, dbname=dbname) as conn:
-        present = _present(conn)
-        while True:
-            try:
-                schema, name = work.get_nowait()
-            except queue.Empty:
-                return
-            out[(schema, name)] = (_count_one(conn, schema, name, analyze)
-                                   if (schema, name) in present else None)
-
-
 def verify_counts(
     settings: Settings,
     meta: dict[str, Any],
@@ -121,24 +105,10 @@ def verify_counts(
     """Compare the target's exact counts with the backup's, using `jobs` connections at once.
 
     With `analyze`, every restored table is also ANALYZEd (pg_restore leaves no statistics):
-    each connection counts a table and then analyzes it, taking the next table from one queue,
-    largest first, so the work spreads over the connections however uneven the tables are."""
-    target = target or settings.target
-    dbname = dbname or target.dbname
-    started = time.monotonic()
-    expected = {(str(t["schema"]), str(t["name"])): int(t["rows"]) for t in meta["tables"]}
-    n = max(1, min(jobs, len(expected)))
-    emit(PhaseStarted("counting" + (" and analyzing" if analyze else ""),
-                      f"{len(expected)} tables in {dbname}, {n} connections"))
-    work: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
-    for table in sorted(expected, key=lambda k: -expected[k]):
-        work.put(table)
-    actual: dict[tuple[str, str], int | None] = {}
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        for done in [pool.submit(_count_worker, target, settings, dbname, work, analyze, actual)
-                     for _ in range(n)]:
-            done.result()
-    return build_report(settings, meta, target, dbname, actual, started)
+    each connection counts a table and then analyzes it, taking the next table largest first,
+    so the work spreads over the connections however uneven the tables are."""
+    return TableVerifier(settings, meta, target=target, dbname=dbname, jobs=jobs,
+                         analyze=analyze, emit=emit).finish()
 
 
 def build_report(settings: Settings, meta: dict[str, Any], target: Target, dbname: str,
@@ -214,18 +184,18 @@ def table_blockers(entries: list[TocEntry], deps: dict[int, list[int]],
     for dump_id, on in deps.items():
         for d in on:
             dependents.setdefault(d, []).append(dump_id)
-    by_desc: dict[str, dict[str, TocEntry]] = {}
+    # "TABLE DATA public film postgres": found by its text without the owner. A name that does
+    # not come out whole this way (an owner with a space in it) is simply not found.
+    by_head: dict[str, TocEntry] = {}
     for e in entries:
-        by_desc.setdefault(e.desc, {})[e.text] = e
+        by_head.setdefault(e.text, e)
+        by_head.setdefault(e.text.rsplit(" ", 1)[0], e)
     kinds = {e.dump_id: e.desc for e in entries}
     out: dict[tuple[str, str], set[int]] = {}
     for schema, name in tables:
-        def find(desc: str, schema: str = schema, name: str = name) -> TocEntry | None:
-            head = f"{desc} {schema} {name}"
-            return next((e for text, e in by_desc.get(desc, {}).items()
-                         if text == head or text.startswith(head + " ")), None)
-        table, data = find("TABLE"), find("TABLE DATA")
-        if table is None:
+        table = by_head.get(f"TABLE {schema} {name}")
+        data = by_head.get(f"TABLE DATA {schema} {name}")
+        if table is None or table.desc != "TABLE" or (data and data.desc != "TABLE DATA"):
             continue
         roots = [table.dump_id] + ([data.dump_id] if data else [])
         seen: set[int] = set(roots)
@@ -243,27 +213,30 @@ def table_blockers(entries: list[TocEntry], deps: dict[int, list[int]],
     return out
 
 
-class EarlyVerifier:
-    """Counts and analyzes each restored table as soon as pg_restore has finished every entry
-    that could lock it (`table_blockers`), on `jobs` connections of its own, while pg_restore
-    still builds other tables' indexes; `finish()` does the rest once pg_restore has exited
-    cleanly and returns the same report as `verify_counts`. Tables are never touched before
-    their turn, so the restore cannot be held up by the verification."""
+class TableVerifier:
+    """Counts and analyzes the backup's tables on `jobs` connections of its own.
+
+    During a restore (`blockers` from `table_blockers`), each table is taken as soon as
+    pg_restore has finished every entry that could lock it (`item_finished`), while pg_restore
+    still builds other tables' indexes; tables are never touched before their turn, so the
+    restore cannot be held up. `finish()` does the rest, largest first, and returns the report."""
 
     def __init__(self, settings: Settings, meta: dict[str, Any],
-                 blockers: dict[tuple[str, str], set[int]], *, jobs: int,
-                 emit: Emit = ignore) -> None:
+                 blockers: dict[tuple[str, str], set[int]] | None = None, *,
+                 target: Target | None = None, dbname: str | None = None, jobs: int = 4,
+                 analyze: bool = True, emit: Emit = ignore) -> None:
         self.settings = settings
         self.meta = meta
-        self.target = settings.target
+        self.target = target or settings.target
+        self.dbname = dbname or self.target.dbname
+        self.analyze = analyze
+        self.jobs = max(1, jobs)
         self.emit = emit
-        self.started = time.monotonic()
-        self.expected = [(str(t["schema"]), str(t["name"])) for t in meta["tables"]]
-        self.waiting = {t: set(b) for t, b in blockers.items() if t in set(self.expected)}
-        self.done_ids: set[int] = set()
+        self.rows = {(str(t["schema"]), str(t["name"])): int(t["rows"]) for t in meta["tables"]}
+        self.waiting = {t: set(b) for t, b in (blockers or {}).items() if t in self.rows}
         self.actual: dict[tuple[str, str], int | None] = {}
         self.early = 0
-        self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="verify")
+        self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="verify")
         self.futures: list[Future[None]] = []
         self._local = threading.local()
         self._conns: list[psycopg.Connection[Any]] = []
@@ -272,7 +245,6 @@ class EarlyVerifier:
 
     def item_finished(self, dump_id: int) -> None:
         """pg_restore reported `finished item <dump_id>` (called from the event loop)."""
-        self.done_ids.add(dump_id)
         ready = []
         for table, blockers in self.waiting.items():
             blockers.discard(dump_id)
@@ -290,7 +262,7 @@ class EarlyVerifier:
     def _conn(self) -> psycopg.Connection[Any]:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.target, self.settings)
+            conn = connect(self.target, self.settings, dbname=self.dbname)
             self._local.conn = conn
             self._local.present = _present(conn)
             with self._lock:
@@ -303,33 +275,31 @@ class EarlyVerifier:
         conn = self._conn()
         if table not in self._local.present:  # created by the restore after this connection
             self._local.present = _present(conn)
-        self.actual[table] = (_count_one(conn, *table, analyze=True)
+        self.actual[table] = (_count_one(conn, *table, analyze=self.analyze)
                               if table in self._local.present else None)
 
     def finish(self) -> VerifyReport:
-        """pg_restore exited cleanly: verify what is left (largest first), gather everything.
-        The report's seconds are the time from here: what the verification adds to the restore."""
-        self.started = time.monotonic()
-        self.emit(PhaseStarted("counting and analyzing",
-                               f"{len(self.expected)} tables in {self.target.dbname}, "
-                               f"{self.early} of them already while pg_restore ran"))
+        """Verify what is left (largest first) and gather everything; during a restore, once
+        pg_restore has exited cleanly. The report's seconds are the time from here: what the
+        verification adds to the restore."""
+        started = time.monotonic()
+        done = (f"{self.early} of them already while pg_restore ran" if self.early
+                else f"{min(self.jobs, len(self.rows)) or 1} connections")
+        self.emit(PhaseStarted("counting" + (" and analyzing" if self.analyze else ""),
+                               f"{len(self.rows)} tables in {self.dbname}, {done}"))
         try:
             for f in list(self.futures):
                 f.result()
             self.waiting.clear()
-            for table in sorted((t for t in self.expected if t not in self.actual),
-                                key=self._size, reverse=True):
+            for table in sorted((t for t in self.rows if t not in self.actual),
+                                key=lambda t: self.rows[t], reverse=True):
                 self._submit(table)
             for f in self.futures:
                 f.result()
         finally:
             self.close()
-        return build_report(self.settings, self.meta, self.target, self.target.dbname,
-                            self.actual, self.started)
-
-    def _size(self, table: tuple[str, str]) -> int:
-        return next((int(t["rows"]) for t in self.meta["tables"]
-                     if (str(t["schema"]), str(t["name"])) == table), 0)
+        return build_report(self.settings, self.meta, self.target, self.dbname, self.actual,
+                            started)
 
     def abort(self) -> None:
         """The restore failed or was interrupted: stop at once (running queries cancelled)."""

@@ -198,21 +198,19 @@ class BrowserScreen(Screen[None]):
         self.notify(f"sorted by {COLUMNS[self.sort_col].label}", timeout=2)
         self.fill()
 
-    def action_restore(self) -> None:
+    def _run_with_selected(self, runbook_id: str) -> None:
         e = self.selected()
         if e is None:
             return
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         app.selected_backup = e.name
-        app.start_runbook("standard-restore")
+        app.start_runbook(runbook_id)
+
+    def action_restore(self) -> None:
+        self._run_with_selected("standard-restore")
 
     def action_drill(self) -> None:
-        e = self.selected()
-        if e is None:
-            return
-        app: PgRunbookApp = self.app  # type: ignore[assignment]
-        app.selected_backup = e.name
-        app.start_runbook("backup-verification")
+        self._run_with_selected("backup-verification")
 
     @work(thread=True, exclusive=True, group="checksum")
     def action_verify(self) -> None:
