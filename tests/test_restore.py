@@ -369,23 +369,21 @@ def test_drill_on_a_target_uses_a_scratch_database(workspace: Workspace, server:
 
 
 def test_early_verification_waits_for_every_entry_that_locks_a_table(
-        workspace: Workspace, tmp_path: Path) -> None:
+        workspace: Workspace) -> None:
     """A table is counted during the restore only after everything that locks it: its data,
     its indexes and constraints, the foreign keys of other tables pointing at it, triggers."""
-    from tui.core.archive import read_dependencies, read_toc
+    from tui.core.archive import read_toc
     from tui.core.pgtools import find_tool
     from tui.core.settings import load_settings
     from tui.core.verify import table_blockers
 
     meta = _backup(workspace)
-    plain = tmp_path / "plain.dump"
     archive = workspace.backup_dir / meta["archive"]["file"]
-    subprocess.run(["zstd", "-dq", "-o", str(plain), str(archive)], check=True)
     settings = load_settings(env_file=workspace.env_file, environ=clean_env())
     pg_restore = find_tool("pg_restore", settings, 15, "test").path
-    toc = read_toc(plain, pg_restore)
-    deps = read_dependencies(plain, pg_restore)
-    assert deps, "pg_restore --list --verbose gave no dependencies"
+    toc = read_toc(archive, pg_restore)  # as stored: the zstd container
+    deps = toc.deps
+    assert any(deps.values()), "pg_restore --list --verbose gave no dependencies"
     tables = [(t["schema"], t["name"]) for t in meta["tables"]]
     blockers = table_blockers(toc.entries, deps, tables, skipped=set(), privileges=False)
     text = {e.dump_id: e.text for e in toc.entries}
@@ -404,3 +402,42 @@ def test_early_verification_waits_for_every_entry_that_locks_a_table(
     # Grants count only when they are restored.
     with_acl = table_blockers(toc.entries, deps, tables, skipped=set(), privileges=True)
     assert blockers[("public", "film")] <= with_acl[("public", "film")]
+
+
+PROBE = """
+CREATE SCHEMA probe;
+CREATE TABLE probe.seen (tag text, mwm text, lock_timeout text);
+CREATE FUNCTION probe.note() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO probe.seen VALUES (tg_tag, current_setting('maintenance_work_mem'),
+                                 current_setting('lock_timeout'));
+END $$;
+CREATE EVENT TRIGGER probe_note ON ddl_command_end EXECUTE FUNCTION probe.note();
+"""
+
+
+@pytest.mark.parametrize(("index_memory", "expected"), [("512MB", "256MB"), ("0", "64MB")])
+def test_pg_restore_sessions_build_indexes_with_the_index_memory(
+        workspace: Workspace, server: Server, index_memory: str, expected: str) -> None:
+    """What the restore's sessions run with, seen from inside them: an event trigger (not part
+    of the archive) records the settings of every DDL command."""
+    _backup(workspace)
+    workspace.write_env(RESTORE_INDEX_MEMORY=index_memory)
+    _damage(server, workspace.dbname, PROBE)
+    proc = workspace.run("restore", "latest", "--yes", "--jobs", "2", "--no-verify",
+                         "--lock-timeout", "7s")
+    assert proc.returncode == 0, proc.stderr
+    with server.connect(workspace.dbname) as conn:
+        seen = conn.execute("SELECT tag, mwm, lock_timeout FROM probe.seen").fetchall()
+        conn.execute("DROP EVENT TRIGGER probe_note")
+    by_tag: dict[str, set[tuple[str, str]]] = {}
+    for tag, mwm, lock_timeout in seen:
+        by_tag.setdefault(tag, set()).add((mwm, lock_timeout))
+    # pg_restore's sessions: 512MB shared by 2 jobs; 0 keeps the server's default of 64MB.
+    # (pg_restore itself sets lock_timeout = 0 at the start of each session.)
+    for tag in ("CREATE TABLE", "CREATE INDEX", "ALTER TABLE"):
+        assert by_tag[tag] == {(expected, "0")}, (tag, by_tag)
+    # pgrunbook's own session empties the schemas under --lock-timeout.
+    assert by_tag["DROP SCHEMA"] == {("64MB", "7s")}, by_tag
+    if expected != "64MB":
+        assert f"maintenance_work_mem {expected} each" in proc.stdout + proc.stderr

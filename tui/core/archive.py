@@ -53,6 +53,8 @@ _DESCS = sorted(
 class Toc:
     header: dict[str, str] = field(default_factory=dict)
     entries: list[TocEntry] = field(default_factory=list)
+    # Each entry's dependencies (dump ids), from `pg_restore --list --verbose`.
+    deps: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def archive_version(self) -> str | None:
@@ -85,9 +87,18 @@ def container_of(path: Path) -> str:
     )
 
 
+_DEPENDS_RE = re.compile(r"^;\s+depends on:\s*(.*)$")
+
+
 def parse_toc(text: str) -> Toc:
     toc = Toc()
+    current: int | None = None
     for line in text.splitlines():
+        d = _DEPENDS_RE.match(line)
+        if d:
+            if current is not None:
+                toc.deps[current].extend(int(x) for x in d.group(1).split() if x.isdigit())
+            continue
         if line.startswith(";"):
             body = line[1:].strip()
             key, sep, value = body.partition(":")
@@ -96,18 +107,21 @@ def parse_toc(text: str) -> Toc:
             continue
         m = _ENTRY_RE.match(line)
         if m:
+            current = int(m.group(1))
             toc.entries.append(
-                TocEntry(int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4), line)
+                TocEntry(current, int(m.group(2)), int(m.group(3)), m.group(4), line)
             )
+            toc.deps.setdefault(current, [])
     return toc
 
 
 def read_toc(path: Path, pg_restore: Path, env: dict[str, str] | None = None) -> Toc:
-    """`pg_restore --list` of the archive as stored (decompressing a zstd container on the fly)."""
+    """`pg_restore --list --verbose` of the archive as stored (decompressing a zstd container
+    on the fly): its header, its entries and what each depends on."""
     container = container_of(path)
     if container == "custom":
-        proc = subprocess.run([str(pg_restore), "--list", str(path)], capture_output=True,
-                              check=False, env=env)
+        proc = subprocess.run([str(pg_restore), "--list", "--verbose", str(path)],
+                              capture_output=True, check=False, env=env)
         out, err, code = proc.stdout, proc.stderr, proc.returncode
     else:
         zstd = shutil.which("zstd")
@@ -119,7 +133,7 @@ def read_toc(path: Path, pg_restore: Path, env: dict[str, str] | None = None) ->
         with subprocess.Popen([zstd, "-dcq", str(path)], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL) as unzstd:
             assert unzstd.stdout is not None
-            proc = subprocess.run([str(pg_restore), "--list"], stdin=unzstd.stdout,
+            proc = subprocess.run([str(pg_restore), "--list", "--verbose"], stdin=unzstd.stdout,
                                   capture_output=True, check=False, env=env)
             unzstd.stdout.close()
             unzstd.kill()
@@ -142,28 +156,3 @@ def read_toc(path: Path, pg_restore: Path, env: dict[str, str] | None = None) ->
             detail=message,
         )
     return parse_toc(out.decode("utf-8", errors="replace"))
-
-
-_DEPENDS_RE = re.compile(r"^;\s+depends on:\s*(.*)$")
-
-
-def read_dependencies(path: Path, pg_restore: Path,
-                      env: dict[str, str] | None = None) -> dict[int, list[int]]:
-    """Each entry's dependencies (dump ids), from `pg_restore --list --verbose` of a plain
-    custom-format file. Empty when they cannot be read: callers then do without."""
-    proc = subprocess.run([str(pg_restore), "--list", "--verbose", str(path)],
-                          capture_output=True, check=False, env=env)
-    if proc.returncode != 0:
-        return {}
-    deps: dict[int, list[int]] = {}
-    current: int | None = None
-    for line in proc.stdout.decode("utf-8", errors="replace").splitlines():
-        m = _ENTRY_RE.match(line)
-        if m:
-            current = int(m.group(1))
-            deps.setdefault(current, [])
-            continue
-        d = _DEPENDS_RE.match(line)
-        if d and current is not None:
-            deps[current].extend(int(x) for x in d.group(1).split() if x.isdigit())
-    return deps

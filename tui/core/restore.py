@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tui.core.archive import Toc, TocEntry, container_of, read_dependencies, read_toc
+from tui.core.archive import Toc, TocEntry, container_of, read_toc
 from tui.core.audit import AuditLog
 from tui.core.backup import BackupRequest, run_backup, secrets_of
 from tui.core.errors import ConfigError, OperationFailed, PgRunbookError
@@ -229,13 +229,19 @@ def sha256_matches(entry: BackupEntry, emit: Emit = ignore) -> bool:
     return digest.hexdigest() == entry.sha256
 
 
-def check_archive(settings: Settings, entry: BackupEntry, emit: Emit) -> tuple[PgTool, Toc]:
-    """Steps 1 and 2: checksum, readable table of contents, a pg_restore new enough."""
+def check_metadata(entry: BackupEntry) -> None:
+    """A backup is restorable only with complete metadata (its checksum) and its archive."""
     if entry.meta is None or "archive missing" in entry.problems:
         raise OperationFailed(
             f"backup {entry.name} cannot be restored: {'; '.join(entry.problems)}.",
             "A backup without complete metadata has no checksum to trust; choose another.",
         )
+
+
+def check_archive(settings: Settings, entry: BackupEntry, emit: Emit) -> tuple[PgTool, Toc]:
+    """Steps 1 and 2: checksum, readable table of contents, a pg_restore new enough."""
+    check_metadata(entry)
+    assert entry.meta is not None
     emit(PhaseStarted("checksum", f"{entry.name} ({entry.size_bytes or 0:,} bytes)"))
     if not sha256_matches(entry, emit):
         raise OperationFailed(
@@ -408,11 +414,13 @@ async def _run_restore(settings: Settings, request: RestoreRequest, emit: Emit,
     started = time.monotonic()
     entry = await asyncio.to_thread(resolve_backup, settings, request.backup, emit)
     state["backup"] = entry.name
-    pg_restore, toc = await asyncio.to_thread(check_archive, settings, entry, emit)
-    assert entry.meta is not None
+    check_metadata(entry)
     unpacker = _Unpacker(settings, entry)
     try:
+        # Decompression starts beside the checksum on the other core; its output is used only
+        # once the checksum has passed, and removed whatever happens.
         await unpacker.start(emit)
+        pg_restore, toc = await asyncio.to_thread(check_archive, settings, entry, emit)
         return await _restore_checked(settings, request, emit, ask, state, entry, pg_restore,
                                       toc, unpacker, started)
     finally:
@@ -472,10 +480,11 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
                 await _blocking(conn, _replace_schemas, conn, toc, skipped, emit)
             for e in skipped:
                 emit(Notice("warning", f"left out (the target cannot accept it): {e.text}"))
+            options = session_options(conn, settings, request)
             restore_started = time.monotonic()
             state["restoring"] = True
             early = await _pg_restore(settings, request, entry, toc, skipped, pg_restore, emit,
-                                      safety_name, unpacker)
+                                      safety_name, unpacker, options)
             restore_seconds = time.monotonic() - restore_started
     finally:
         with contextlib.suppress(psycopg.Error):
@@ -680,9 +689,10 @@ async def _safety_backup(settings: Settings, request: RestoreRequest, entry: Bac
 
 class _Unpacker:
     """The zstd container decompressed to a hidden temp file beside it (parallel pg_restore
-    needs a regular file it can seek in). It starts as soon as the checksum has passed and runs
-    while the target is checked, confirmed and backed up, none of which it touches; the restore
-    awaits it. Whatever happens, the temp file is removed at the end."""
+    needs a regular file it can seek in). It starts beside the checksum and runs while the
+    target is checked, confirmed and backed up, none of which it touches; the restore awaits it
+    (so only an archive whose checksum passed is ever restored). Whatever happens, the temp file
+    is removed at the end."""
 
     def __init__(self, settings: Settings, entry: BackupEntry) -> None:
         self.settings = settings
@@ -732,9 +742,35 @@ class _Unpacker:
                 self.path.unlink()
 
 
+def session_options(conn: psycopg.Connection[Any], settings: Settings,
+                    request: RestoreRequest) -> dict[str, str]:
+    """Settings for pg_restore's sessions (PGOPTIONS): more memory for building indexes and
+    constraints (PostgreSQL's advice for loading data: "Increase maintenance_work_mem"),
+    RESTORE_INDEX_MEMORY shared among the jobs, never less than the server's own setting.
+
+    Not the lock timeout: pg_restore starts every session with the archive's `SET lock_timeout
+    = 0`, which would override it. The DROPs that could queue behind the application are
+    pgrunbook's own, emptying the archive's schemas under `--lock-timeout` before pg_restore
+    starts; pg_restore's `--clean` then finds nothing to drop."""
+    options: dict[str, str] = {}
+    jobs = request.jobs or default_jobs()
+    share_mb = settings.restore_index_memory // (1024 * 1024) // jobs
+    row = conn.execute("SELECT setting::bigint FROM pg_settings "
+                       "WHERE name = 'maintenance_work_mem'").fetchone()  # in kB
+    if row and share_mb * 1024 > int(row[0]):
+        options["maintenance_work_mem"] = f"{share_mb}MB"
+    return options
+
+
+def _pgoptions(env: dict[str, str], options: dict[str, str]) -> str:
+    given = env.get("PGOPTIONS", "")
+    return " ".join([given, *(f"-c {k}={v}" for k, v in options.items())]).strip()
+
+
 async def _pg_restore(settings: Settings, request: RestoreRequest, entry: BackupEntry, toc: Toc,
                       skipped: list[TocEntry], pg_restore: PgTool, emit: Emit,
-                      safety: str | None, unpacker: _Unpacker) -> TableVerifier | None:
+                      safety: str | None, unpacker: _Unpacker,
+                      options: dict[str, str]) -> TableVerifier | None:
     target = settings.target
     jobs = request.jobs or default_jobs()
     work: list[Path] = []
@@ -753,23 +789,24 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
             argv.append(f"--use-list={listfile}")
         argv.append(str(archive))
         total = len(toc.entries) - len(skipped)
+        memory = options.get("maintenance_work_mem")
         emit(PhaseStarted("restoring", f"pg_restore {pg_restore.version}, {jobs} jobs, "
-                                       f"{total} items"))
+                                       f"{total} items" +
+                          (f", maintenance_work_mem {memory} each" if memory else "")))
         early = None
         if request.verify and jobs > 1 and entry.meta is not None:
             # Tables whose every dependent entry pg_restore has finished are counted and
             # analyzed while it works on the others (pg_restore reports finished items only
             # with --jobs > 1).
-            deps = await asyncio.to_thread(read_dependencies, archive, pg_restore.path)
-            if deps:
+            deps = toc.deps
+            if any(deps.values()):
                 tables = [(str(t["schema"]), str(t["name"])) for t in entry.meta["tables"]]
                 blockers = table_blockers(
                     toc.entries, deps, tables, skipped={e.dump_id for e in skipped},
                     privileges="--no-privileges" not in argv)
                 early = TableVerifier(settings, entry.meta, blockers, jobs=jobs, emit=emit)
         with libpq_env(target, settings) as env:
-            env["PGOPTIONS"] = (env.get("PGOPTIONS", "") +
-                                f" -c lock_timeout={request.lock_timeout}").strip()
+            env["PGOPTIONS"] = _pgoptions(env, options)
             try:
                 await _run_pg_restore(argv, env, total, emit, entry, target, safety,
                                       early.item_finished if early else None)

@@ -90,6 +90,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Directory holding pg_dump, pg_restore and psql; when set, only it is searched.",
     ),
     SettingSpec(
+        "RESTORE_INDEX_MEMORY", "512MB",
+        "Memory a restore's pg_restore sessions may use to build indexes, shared among its "
+        "--jobs (each gets its share as maintenance_work_mem when that is more than the "
+        "server's setting); 0 keeps the server's setting.",
+    ),
+    SettingSpec(
         "PGRUNBOOK_CONNECT_TIMEOUT", "10", "Seconds to wait when connecting to a database."
     ),
     SettingSpec("RUNBOOK_DIR", None, "Directory with your own runbooks (*.toml), besides runbooks/."),
@@ -189,6 +195,7 @@ class Settings:
     connect_timeout: int
     production_targets: frozenset[str]
     warnings: tuple[str, ...] = ()
+    restore_index_memory: int = 512 * 1024 * 1024  # bytes; 0: the server's own setting
 
     def with_target(self, target: Target) -> Settings:
         return replace(self, target=target)
@@ -423,6 +430,8 @@ def load_settings(
         raise ConfigError(
             f"PGRUNBOOK_CONNECT_TIMEOUT must be a whole number of seconds, not {timeout_raw!r}."
         ) from None
+    index_memory = parse_memory(values.get("RESTORE_INDEX_MEMORY", "512MB"),
+                                 "RESTORE_INDEX_MEMORY")
     return Settings(
         values=values,
         env_file=path,
@@ -433,7 +442,21 @@ def load_settings(
         connect_timeout=timeout,
         production_targets=production,
         warnings=tuple(warnings),
+        restore_index_memory=index_memory,
     )
+
+
+_MEMORY_UNITS = {"": 1024 * 1024, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3, "tb": 1024 ** 4}
+
+
+def parse_memory(text: str, name: str) -> int:
+    """PostgreSQL's way of writing memory (`512MB`, `1GB`, `65536kB`; a bare number is MB) in
+    bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT][bB])?\s*", text)
+    if not m:
+        raise ConfigError(f"{name} {text!r} is not an amount of memory.",
+                          "Write it as PostgreSQL does: 512MB, 1GB, or 0.")
+    return int(m.group(1)) * _MEMORY_UNITS[(m.group(2) or "").lower()]
 
 
 def parse_compression(spec: str) -> tuple[str, int]:
