@@ -21,6 +21,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -423,6 +424,9 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         raise OperationFailed(f"a backup named {name} already exists.",
                               "Give the backup another name.")
     started = time.monotonic()
+    s3 = s3_config(settings) if request.upload else None
+    # The S3 client is made while the database is checked, before the dump needs the CPUs.
+    s3_client = s3.client_soon() if s3 is not None else None
 
     emit(PhaseStarted("connecting", target.describe()))
     conn = await asyncio.to_thread(connect, target, settings)
@@ -462,12 +466,11 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
             if not _excluded(t[1], t[2], request.exclude_schema, request.exclude_table_data)
         ]
         emit(PhaseStarted("dumping", f"pg_dump {pg_dump.version}, {plan.description}"))
-        s3 = s3_config(settings) if request.upload else None
         upload_box: list[StreamUpload] = []
         with libpq_env(target, settings) as env:
             size, sha256, toc, counts = await _dump(
                 settings, request, pg_dump, pg_restore, plan, snapshot, env, conn, tables,
-                final, expected, emit, s3, name[:15], upload_box,
+                final, expected, emit, s3, name[:15], upload_box, s3_client,
             )
         with contextlib.suppress(psycopg.Error):
             conn.execute("ROLLBACK")
@@ -552,6 +555,7 @@ async def _dump(
     s3: S3Config | None = None,
     stamp: str = "",
     upload_box: list[StreamUpload] | None = None,
+    s3_client: Future[Any] | None = None,
 ) -> tuple[int, str, Toc, dict[int, int]]:
     argv = [str(pg_dump.path), "--format=custom", "--no-password", f"--snapshot={snapshot}",
             f"--dbname={settings.target.dbname}"]
@@ -618,7 +622,7 @@ async def _dump(
                 loop.call_soon_threadsafe(
                     emit, Progress("upload", n, None, time.monotonic() - up_started))
 
-            upload = StreamUpload(s3, stamp, tmp, uploaded)
+            upload = StreamUpload(s3, stamp, tmp, uploaded, s3_client)
             upload.start()
             upload_box.append(upload)
 
