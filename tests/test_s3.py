@@ -77,6 +77,10 @@ def test_backups_land_in_the_sops_layout(workspace: Workspace, moto_port: int,
     tags = {t["Key"]: t["Value"] for t in c.get_object_tagging(
         Bucket=bucket, Key=f"backups/{stamp}/database.backup")["TagSet"]}
     assert tags == {"kind": "manual", "sha256": out["sha256"]}
+    # S3 checked what arrived against the checksum sent with it.
+    head = c.head_object(Bucket=bucket, Key=f"backups/{stamp}/database.backup",
+                         ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32"), head
     assert c.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     listing = json.loads(workspace.run("list", "--json", check=True).stdout)
     assert listing[0]["location"] == "both" and listing[0]["problems"] == []
