@@ -15,6 +15,8 @@ one archive, in one run and on one disk:
 
     bare -jJ   pg_restore --jobs=J --no-owner --no-privileges -d EMPTYDB plain.dump
                (plain.dump = the archive's zstd container decompressed once, untimed)
+    zstd + pg_restore  zstd -dq -o TMP ARCHIVE, then pg_restore with the tool's flags on TMP
+    same       bare -jJ with PGOPTIONS='-c maintenance_work_mem=<512MB / J>' (pgrunbook's)
     tool       pgrunbook --env-file ENV restore NAME --yes --jobs J --no-verify --json
     tool+verify  the same without --no-verify (ANALYZE + exact count(*) of every table)
     bare -j1   serial pg_restore, once, for reference
@@ -27,22 +29,26 @@ there. The tool is timed as a whole command: Python start-up, SHA-256 of the arc
 `pg_restore --list`, connecting, locking, the session check, emptying the archive's schemas,
 `zstd -dq -o TMP` of the archive, `pg_restore --verbose --clean --if-exists --jobs=J ...` and,
 with verification, ANALYZE and the counts. A discarded bare run first warms the page cache.
-bare, tool and tool+verify alternate (bare, tool, tool+verify, bare, ...; --repeat N rounds):
+bare, zstd + pg_restore, same, tool and tool+verify alternate (--repeat N rounds):
 each round shares the noisy VM's momentary speed, so the goals are judged by the MEDIAN of the
 per-round ratios; best/best is printed as well.
 
 Goals:
-    pgrunbook restore (no verify) / bare pg_restore, same --jobs   <= 1.05 (median of rounds)
+    pgrunbook restore (no verify) / bare pg_restore, same --jobs, on the same archive
+        including the decompression of its stored form (zstd -dq -o, then pg_restore with
+        the tool's flags: --verbose --clean --if-exists)       <= 1.05 (median of rounds)
     pgrunbook restore with verify / without verify                 <= 1.05 (median of rounds)
     pgrunbook peak RSS (VmHWM of the Python process, every run)    <  150 MB
+Shown beside them, not judged: pgrunbook against bare pg_restore on the archive decompressed
+beforehand (untimed), with pg_restore's default session settings and with the ones pgrunbook
+gives it (maintenance_work_mem raised to its share of RESTORE_INDEX_MEMORY).
 The full operation over the populated database is reported separately (not a goal).
 
 When the time goal or the verification goal fails (or with --diagnose), extra measurements show
 where pgrunbook's time goes: the parts of each tool run from its own --json output (seconds,
 restore_seconds, verification.seconds), SHA-256 of the archive alone, `zstd -dq -o` of the
 archive alone, the table-of-contents read-back alone, the CLI's start-up, and `zstd -dq -o`
-followed by bare pg_restore with the tool's own flags (the tool's work without the Python; with
---diagnose this runs in every round, after bare). For every pgrunbook run, the lifetimes of its
+followed by bare pg_restore with the tool's own flags once more. For every pgrunbook run, the lifetimes of its
 zstd, pg_restore and pg_dump children are polled every 20 ms (/proc/PID/task/PID/children), so
 the table shows how long pg_restore itself ran inside the tool.
 
@@ -459,17 +465,20 @@ def evaluate(results: list[Result], jobs: int) -> list[dict[str, Any]]:
              f"per round: {', '.join(f'{x:.3f}' for x in ratios)}; best/best "
              f"{n_best / d_best:.3f} ({n_best:.2f} s / {d_best:.2f} s)", context)
 
-    ratio_goal(f"pgrunbook restore --no-verify / bare pg_restore -j{jobs} (median of rounds)",
-               "tool", "bare", GOAL_TIME_RATIO)
+    # The goal as the issue words it: bare pg_restore, same --jobs, on the same archive
+    # "including any decompression of the stored form" (a zstd container: zstd -d first).
+    ratio_goal(f"pgrunbook restore --no-verify / zstd -dq -o + bare pg_restore -j{jobs} with "
+               "the tool's flags: the stored form decompressed (median of rounds)",
+               "tool", "emu", GOAL_TIME_RATIO)
     ratio_goal("pgrunbook restore with verify / without verify (median of rounds)",
                "toolv", "tool", GOAL_VERIFY_RATIO)
-    # Context, not goals: the same tool runs against the other two references.
-    ratio_goal("(context) pgrunbook --no-verify / zstd -dq -o + pg_restore with the tool's "
-               "flags (the stored form's decompression included)", "tool", "emu", GOAL_TIME_RATIO,
+    # Context, not goals: the same tool runs against two stricter references.
+    ratio_goal(f"(context) pgrunbook --no-verify / bare pg_restore -j{jobs} on the archive "
+               "decompressed beforehand, untimed", "tool", "bare", GOAL_TIME_RATIO,
                context=True)
-    ratio_goal("(context) pgrunbook --no-verify / bare pg_restore with the session settings "
-               "pgrunbook gives it (its own overhead, like for like)", "tool", "same",
-               GOAL_TIME_RATIO, context=True)
+    ratio_goal("(context) pgrunbook --no-verify / the same with the session settings "
+               "pgrunbook gives pg_restore (like for like, decompression untimed)", "tool",
+               "same", GOAL_TIME_RATIO, context=True)
     tools = [r for r in results if r.key.startswith(("tool", "full")) and r.error is None]
     hwms = [p.hwm_polled for r in tools for p in r.procs if p.hwm_polled is not None]
     if hwms:
@@ -565,8 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{tempfile.gettempdir()}); removed afterwards")
     diag = parser.add_mutually_exclusive_group()
     diag.add_argument("--diagnose", action="store_true", default=None,
-                      help="always run the diagnostic measurements, and in every round also "
-                           "`zstd -dq -o TMP` + pg_restore with the tool's flags (after bare)")
+                      help="always run the diagnostic measurements")
     diag.add_argument("--no-diagnose", dest="diagnose", action="store_false",
                       help="never run them (default: only when a time goal fails)")
     args = parser.parse_args(argv)

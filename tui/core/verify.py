@@ -242,6 +242,9 @@ class TableVerifier:
         self._conns: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._stopped = False
+        # While pg_restore runs, the counts take no parallel workers: the cores are busy with
+        # the restore, and workers would only add processes competing with it.
+        self._restoring = blockers is not None
 
     def item_finished(self, dump_id: int) -> None:
         """pg_restore reported `finished item <dump_id>` (called from the event loop)."""
@@ -263,7 +266,10 @@ class TableVerifier:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.target, self.settings, dbname=self.dbname)
+            # A plain count gains nothing from JIT compilation, which costs CPU per query.
+            conn.execute("SET jit = off")
             self._local.conn = conn
+            self._local.serial = False
             self._local.present = _present(conn)
             with self._lock:
                 self._conns.append(conn)
@@ -273,6 +279,10 @@ class TableVerifier:
         if self._stopped:
             return
         conn = self._conn()
+        if self._local.serial != self._restoring:
+            conn.execute("SET max_parallel_workers_per_gather = 0" if self._restoring
+                         else "RESET max_parallel_workers_per_gather")
+            self._local.serial = self._restoring
         if table not in self._local.present:  # created by the restore after this connection
             self._local.present = _present(conn)
         self.actual[table] = (_count_one(conn, *table, analyze=self.analyze)
@@ -290,6 +300,7 @@ class TableVerifier:
         try:
             for f in list(self.futures):
                 f.result()
+            self._restoring = False
             self.waiting.clear()
             for table in sorted((t for t in self.rows if t not in self.actual),
                                 key=lambda t: self.rows[t], reverse=True):
