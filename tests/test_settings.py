@@ -107,6 +107,7 @@ GOOD = "SUPABASE_DB_HOST=127.0.0.1\nSUPABASE_DB_PORT=5432\n"
         ("DATABASE_URL=postgresql://u:pw@h:port/db\n", [], ["DATABASE_URL", "port"]),
         ("DATABASE_URL=not a url\n", [], ["DATABASE_URL does not parse"]),
         ("BACKUP_COMPRESSION=brotli\n" + GOOD, [], ["BACKUP_COMPRESSION"]),
+        ("RESTORE_INDEX_MEMORY=lots\n" + GOOD, [], ["RESTORE_INDEX_MEMORY", "512MB"]),
         ("SUPABASE_DB_PORT=5432\n", [], ["no database host", "SUPABASE_DB_HOST"]),
     ],
 )
