@@ -97,6 +97,8 @@ from bench_backup import (  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from tui.core.cluster import ThrowawayCluster  # noqa: E402
+from tui.core.restore import RestoreRequest, session_options  # noqa: E402
+from tui.core.settings import load_settings  # noqa: E402
 
 GOAL_TIME_RATIO = 1.05
 GOAL_VERIFY_RATIO = 1.05
@@ -240,11 +242,12 @@ class RestoreBench(Bench):
         return argv
 
     def tool_options(self, jobs: int) -> str:
-        """The PGOPTIONS pgrunbook gives pg_restore's sessions with the default settings
-        (tui/core/restore.py, session_options): RESTORE_INDEX_MEMORY 512MB shared by the jobs,
-        when more than the server's maintenance_work_mem (64MB by default)."""
-        share_mb = 512 // jobs
-        return f"-c maintenance_work_mem={share_mb}MB" if share_mb > 64 else ""
+        """The PGOPTIONS pgrunbook gives pg_restore's sessions, from the engine's own rule
+        (tui/core/restore.py, session_options) with the benchmark's settings."""
+        settings = load_settings(env_file=self.env_file, environ=clean_env())
+        with self.connect() as conn:
+            options = session_options(conn, settings, RestoreRequest(backup="", jobs=jobs))
+        return " ".join(f"-c {k}={v}" for k, v in options.items())
 
     def bare_restore(self, result: Result, *, dbname: str, jobs: int, keep: bool = False,
                      options: str = "") -> None:

@@ -239,8 +239,8 @@ def check_metadata(entry: BackupEntry) -> None:
 
 
 def check_archive(settings: Settings, entry: BackupEntry, emit: Emit) -> tuple[PgTool, Toc]:
-    """Steps 1 and 2: checksum, readable table of contents, a pg_restore new enough."""
-    check_metadata(entry)
+    """Steps 1 and 2 for a backup that passed `check_metadata`: checksum, readable table of
+    contents, a pg_restore new enough."""
     assert entry.meta is not None
     emit(PhaseStarted("checksum", f"{entry.name} ({entry.size_bytes or 0:,} bytes)"))
     if not sha256_matches(entry, emit):

@@ -261,7 +261,7 @@ class StreamUpload:
         self.uploaded += length
         self.on_progress(self.uploaded)
         return {"PartNumber": number, "ETag": resp["ETag"],
-                "ChecksumCRC32": resp.get("ChecksumCRC32")}
+                f"Checksum{PART_CHECKSUM}": resp.get(f"Checksum{PART_CHECKSUM}")}
 
     def _single_put(self, length: int) -> None:
         self._client.put_object(Bucket=self.config.bucket, Key=self.key,

@@ -174,10 +174,10 @@ def table_blockers(entries: list[TocEntry], deps: dict[int, list[int]],
     depends on its TABLE or TABLE DATA entry, directly or through others (indexes, constraints,
     foreign keys of other tables that reference it, triggers, policies, comments, grants): any of
     them may take a lock that a running count (ACCESS SHARE) or ANALYZE (SHARE UPDATE
-    EXCLUSIVE) would hold up. Entries the restore
-    will not run (filtered out, or grants with --no-privileges) and the pre-data section
-    (finished before the parallel phase) are left out. A table whose entries cannot be found
-    is not in the result: it is verified after the restore."""
+    EXCLUSIVE) would hold up. Entries the restore will not run (filtered out, or grants with
+    --no-privileges) and the pre-data section (finished before the parallel phase) are left
+    out. A table whose entries cannot be found is not in the result: it is verified after the
+    restore."""
     position = {e.dump_id: i for i, e in enumerate(entries)}
     first_data = next((i for i, e in enumerate(entries) if e.desc in DATA_DESCS), len(entries))
     dependents: dict[int, list[int]] = {}
