@@ -441,3 +441,104 @@ def test_pg_restore_sessions_build_indexes_with_the_index_memory(
     assert by_tag["DROP SCHEMA"] == {("64MB", "7s")}, by_tag
     if expected != "64MB":
         assert f"maintenance_work_mem {expected} each" in proc.stdout + proc.stderr
+
+
+def test_verification_during_a_restore_waits_for_a_free_job_slot(workspace: Workspace,
+                                                                  server: Server) -> None:
+    """While pg_restore runs, a ready table is counted only in a job slot pg_restore leaves
+    free: verification tasks plus pg_restore's items in flight never exceed --jobs. Driven
+    with pg_restore's item reports, against the real database; film's count is held on a lock
+    the test takes, so it stays running while the slots are checked."""
+    from tui.core.settings import load_settings
+    from tui.core.verify import TableVerifier
+
+    meta = _backup(workspace)
+    settings = load_settings(env_file=workspace.env_file, environ=clean_env())
+    film, actor = ("public", "film"), ("public", "actor")
+    verifier = TableVerifier(settings, meta, {film: {101}, actor: {102}}, jobs=2)
+    holder = server.connect(workspace.dbname, autocommit=False)
+    try:
+        holder.execute("LOCK TABLE public.film IN ACCESS EXCLUSIVE MODE")
+        verifier.item_launched(101)
+        verifier.item_launched(102)
+        verifier.dispatch()
+        assert verifier.tasks_running == 0  # nothing ready, and both slots are pg_restore's
+
+        verifier.item_finished(101)  # film is ready; one slot is free
+        verifier.dispatch()
+        assert verifier.tasks_running == 1
+
+        def waiting_on_film() -> set[str]:
+            with server.connect(workspace.dbname) as conn:
+                return {str(r[0]).split()[0] for r in conn.execute(
+                    "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%%\"film\"%%'").fetchall()}
+
+        _wait_for(lambda: waiting_on_film() == {"SELECT"},
+                  "the count of film to wait on the test's lock")
+
+        verifier.item_launched(103)  # pg_restore takes the slot again ...
+        verifier.item_finished(102)  # ... and actor becomes ready: still no free slot
+        verifier.dispatch()
+        assert verifier.tasks_running == 1
+        with server.connect(workspace.dbname) as conn:
+            busy = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE"
+                                " '%%\"actor\"%%' AND pid <> pg_backend_pid()").fetchone()
+        assert busy is not None and busy[0] == 0
+
+        verifier.item_finished(103)  # pg_restore is down to none: one more task fits,
+        verifier.dispatch()  # the next in line: film's ANALYZE
+        assert verifier.tasks_running == 2
+        _wait_for(lambda: waiting_on_film() == {"SELECT", "ANALYZE"},
+                  "film's ANALYZE to wait on the test's lock beside its count")
+    except BaseException:
+        verifier.abort()
+        raise
+    finally:
+        holder.rollback()
+        holder.close()
+    report = verifier.finish()
+    assert report.passed, report.mismatches
+    assert film in verifier.early
+    assert {(r.schema, r.table) for r in report.rows} >= {film, actor}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_restore_progress_counts_each_item_once(workspace: Workspace, jobs: int) -> None:
+    """The items-done figure follows what pg_restore reports: a parallel restore prints both a
+    numbered "finished item" line and a "creating" line for each item, and only the first
+    counts, so the bar is never ahead of pg_restore and ends at its total."""
+    import asyncio
+    import re
+
+    from tui.core.events import Event, Progress, RestoreLine
+    from tui.core.restore import ItemProgress, RestoreRequest, run_restore
+    from tui.core.settings import load_settings
+
+    _backup(workspace)
+    settings = load_settings(env_file=workspace.env_file, environ=clean_env())
+    events: list[Event] = []
+    asyncio.run(run_restore(settings, RestoreRequest("latest", jobs=jobs, confirmed=True,
+                                                     verify=False), events.append))
+    lines = [e.line for e in events if isinstance(e, RestoreLine)]
+    total = [e for e in events if isinstance(e, Progress) and e.phase == "restore"][-1].total
+    assert total and total > 100  # pagila: tables, data, indexes, constraints, triggers, ...
+
+    from tui.core.archive import read_toc
+    from tui.core.pgtools import find_tool
+
+    archive = next(workspace.backup_dir.glob("*.backup"))
+    toc = read_toc(archive, find_tool("pg_restore", settings, 15, "test").path)
+    ids = {e.dump_id for e in toc.entries if e.desc not in (
+        "ACL", "DEFAULT ACL", "ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE")}
+    assert len(ids) == total
+    counter = ItemProgress(ids)
+    reported: set[int] = set()
+    for line in lines:
+        counter.feed(line)
+        m = re.match(r"pg_restore: (processing|processing missed|finished) item (\d+) ", line)
+        if m and int(m.group(2)) in ids:
+            reported.add(int(m.group(2)))
+        if jobs > 1:
+            assert counter.done == len(reported), line
+    assert counter.done == total

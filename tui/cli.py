@@ -35,6 +35,7 @@ from tui.core.events import (
     PhaseStarted,
     Progress,
     RestoreLine,
+    TableChecked,
     ToolOutput,
 )
 from tui.core.settings import Settings, load_settings
@@ -120,6 +121,13 @@ class Renderer:
                     self._progress.console.print(f"  {event.line}", markup=False, highlight=False)
                 else:
                     _out(f"  {event.line}", self.stream)
+        elif isinstance(event, TableChecked):
+            if self.verbose:
+                line = f"  verify: {event.describe()}"
+                if self._progress is not None:
+                    self._progress.console.print(line, markup=False, highlight=False)
+                else:
+                    _out(line, self.stream)
         elif isinstance(event, BackupFinished):
             self._stop_bar()
 

@@ -88,3 +88,22 @@ class RestoreLine(Event):
 
     line: str
     is_error: bool = False
+
+
+@dataclass(frozen=True)
+class TableChecked(Event):
+    """One table's exact count ("count", with its rows) or ANALYZE ("analyze") is done;
+    `during_restore` when it ran while pg_restore was still working."""
+
+    schema: str
+    table: str
+    task: str
+    seconds: float
+    rows: int | None = None
+    during_restore: bool = False
+
+    def describe(self) -> str:
+        what = (f"counted {self.rows:,} rows" if self.task == "count" and self.rows is not None
+                else "missing on the target" if self.task == "count" else "analyzed")
+        when = ", while pg_restore ran" if self.during_restore else ""
+        return f"{self.schema}.{self.table}: {what} in {self.seconds:.2f} s{when}"

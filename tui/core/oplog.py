@@ -17,6 +17,7 @@ from tui.core.events import (
     PhaseStarted,
     Progress,
     RestoreLine,
+    TableChecked,
     ToolOutput,
 )
 from tui.core.fsutil import PRIVATE_FILE, ensure_private_dir
@@ -63,4 +64,6 @@ def _describe(event: Event) -> str | None:
         return f"{event.tool}: {event.line}"
     if isinstance(event, RestoreLine):
         return event.line
+    if isinstance(event, TableChecked):
+        return f"verify: {event.describe()}"
     return repr(event)

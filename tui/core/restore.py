@@ -41,7 +41,14 @@ from tui.core.oplog import OperationLog
 from tui.core.pgtools import PgTool, connect, find_tool, libpq_env
 from tui.core.s3 import S3Config, s3_config
 from tui.core.settings import Settings, Target
-from tui.core.verify import TableVerifier, VerifyReport, table_blockers, verify_counts
+from tui.core.verify import (
+    ACL_DESCS,
+    SLOT_GRACE,
+    TableVerifier,
+    VerifyReport,
+    table_blockers,
+    verify_counts,
+)
 
 SUPABASE_MANAGED_SCHEMAS = frozenset({
     "auth", "storage", "realtime", "extensions", "graphql", "graphql_public", "vault",
@@ -320,8 +327,42 @@ def filter_entries(toc: Toc, *, superuser: bool, app_schemas_only: bool) -> list
     return skipped
 
 
-_ITEM_RE = re.compile(r"^pg_restore: (creating|processing data for table|executing|finished item)")
-_FINISHED_RE = re.compile(r"^pg_restore: finished item (\d+) ")
+HEADER_DESCS = ("ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE")
+_SERIAL_ITEM_RE = re.compile(r"^pg_restore: (creating|processing data for table|executing) ")
+_NUMBERED_ITEM_RE = re.compile(
+    r"^pg_restore: (processing|processing missed|launching|finished) item (\d+) ")
+
+
+class ItemProgress:
+    """How many of the archive's items pg_restore has done, from its --verbose lines.
+
+    A parallel restore names every item by its dump id: "processing item N" for those its
+    leader does alone (the pre-data section, and "processing missed item N" after the parallel
+    phase), "launching item N" and "finished item N" for those its workers do; the workers'
+    "creating ..." lines repeat those items, so only numbered lines of the archive's own
+    entries count there. A serial restore prints one "creating", "processing data for table" or
+    "executing" line per item."""
+
+    def __init__(self, dump_ids: set[int]) -> None:
+        self.dump_ids = dump_ids
+        self.done = 0
+        self.parallel = False
+        self._seen: set[int] = set()
+
+    def feed(self, line: str) -> tuple[str, int] | None:
+        """Count `line`; for a parallel restore's "launching"/"finished" lines, return
+        (that word, the dump id)."""
+        numbered = _NUMBERED_ITEM_RE.match(line)
+        if numbered:
+            self.parallel = True
+            word, dump_id = numbered.group(1), int(numbered.group(2))
+            if word != "launching" and dump_id in self.dump_ids and dump_id not in self._seen:
+                self._seen.add(dump_id)
+                self.done += 1
+            return (word, dump_id) if word in ("launching", "finished") else None
+        if not self.parallel and _SERIAL_ITEM_RE.match(line):
+            self.done = min(self.done + 1, len(self.dump_ids))
+        return None
 
 
 def explain_restore_errors(errors: list[str]) -> str:
@@ -778,38 +819,40 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
         archive = await unpacker.archive(emit)
         argv = [str(pg_restore.path), "--verbose", "--clean", "--if-exists", "--no-password",
                 f"--jobs={jobs}", f"--dbname={target.dbname}", *_owners_flags(request, target)]
+        skip = {e.dump_id for e in skipped}
         if skipped:
             listfile = temp_path_for(settings.backup_dir / f"{entry.name}.list")
             work.append(listfile)
-            skip = {e.dump_id for e in skipped}
             lines = [(";" if e.dump_id in skip else "") + e.line for e in toc.entries]
             fd = os.open(listfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
             argv.append(f"--use-list={listfile}")
         argv.append(str(archive))
-        total = len(toc.entries) - len(skipped)
+        privileges = "--no-privileges" not in argv
+        # The items pg_restore will do: not the session settings and the database entry it
+        # reads from the archive's header, nor grants with --no-privileges.
+        dump_ids = {e.dump_id for e in toc.entries if e.dump_id not in skip
+                    and e.desc not in HEADER_DESCS and (privileges or e.desc not in ACL_DESCS)}
         memory = options.get("maintenance_work_mem")
         emit(PhaseStarted("restoring", f"pg_restore {pg_restore.version}, {jobs} jobs, "
-                                       f"{total} items" +
+                                       f"{len(dump_ids)} items" +
                           (f", maintenance_work_mem {memory} each" if memory else "")))
         early = None
         if request.verify and jobs > 1 and entry.meta is not None:
             # Tables whose every dependent entry pg_restore has finished are counted and
-            # analyzed while it works on the others (pg_restore reports finished items only
-            # with --jobs > 1).
+            # analyzed while it works on the others, in the job slots it leaves free
+            # (pg_restore reports launched and finished items only with --jobs > 1).
             deps = toc.deps
             if any(deps.values()):
                 tables = [(str(t["schema"]), str(t["name"])) for t in entry.meta["tables"]]
                 blockers = table_blockers(
-                    toc.entries, deps, tables, skipped={e.dump_id for e in skipped},
-                    privileges="--no-privileges" not in argv)
+                    toc.entries, deps, tables, skipped=skip, privileges=privileges)
                 early = TableVerifier(settings, entry.meta, blockers, jobs=jobs, emit=emit)
         with libpq_env(target, settings) as env:
             env["PGOPTIONS"] = _pgoptions(env, options)
             try:
-                await _run_pg_restore(argv, env, total, emit, entry, target, safety,
-                                      early.item_finished if early else None)
+                await _run_pg_restore(argv, env, dump_ids, emit, entry, target, safety, early)
             except BaseException:
                 if early is not None:
                     await asyncio.shield(asyncio.to_thread(early.abort))
@@ -821,15 +864,16 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
                 path.unlink()
 
 
-async def _run_pg_restore(argv: list[str], env: dict[str, str], total: int, emit: Emit,
-                          entry: BackupEntry, target: Target, safety: str | None,
-                          on_finished: Callable[[int], None] | None = None) -> None:
+async def _run_pg_restore(argv: list[str], env: dict[str, str], dump_ids: set[int],
+                          emit: Emit, entry: BackupEntry, target: Target, safety: str | None,
+                          verifier: TableVerifier | None = None) -> None:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         stdin=asyncio.subprocess.DEVNULL, process_group=0)
     errors: deque[str] = deque(maxlen=50)
     error_count = 0
-    done = 0
+    items = ItemProgress(dump_ids)
+    total = len(dump_ids)
     started = time.monotonic()
     last = 0.0
     finished = False
@@ -843,14 +887,17 @@ async def _run_pg_restore(argv: list[str], env: dict[str, str], total: int, emit
                 error_count += 1
                 errors.append(line)
             emit(RestoreLine(line, is_error))
-            if _ITEM_RE.match(line):
-                done = min(done + 1, total)
-                if on_finished is not None and (fin := _FINISHED_RE.match(line)):
-                    on_finished(int(fin.group(1)))
+            item = items.feed(line)
+            if item is not None and verifier is not None:
+                if item[0] == "launching":
+                    verifier.item_launched(item[1])
+                else:
+                    verifier.item_finished(item[1])
+                    asyncio.get_running_loop().call_later(SLOT_GRACE, verifier.dispatch)
             now = time.monotonic()
             if now - last > 0.2:
                 last = now
-                emit(Progress("restore", done, total, now - started, unit="items"))
+                emit(Progress("restore", items.done, total, now - started, unit="items"))
         code = await proc.wait()
         finished = True
     finally:
@@ -863,7 +910,7 @@ async def _run_pg_restore(argv: list[str], env: dict[str, str], total: int, emit
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
-    emit(Progress("restore", total if code == 0 else done, total, time.monotonic() - started,
+    emit(Progress("restore", total if code == 0 else items.done, total, time.monotonic() - started,
                   unit="items"))
     if code != 0 or error_count:
         undo = f" Undo with: {undo_command(target, safety)}" if safety else ""

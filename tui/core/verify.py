@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from tui.core.archive import TocEntry
-from tui.core.events import Emit, PhaseStarted, ignore
+from tui.core.events import Emit, PhaseStarted, TableChecked, ignore
 from tui.core.pgtools import connect
 from tui.core.settings import Settings, Target
 
@@ -82,16 +82,6 @@ def _present(conn: psycopg.Connection[Any]) -> set[tuple[str, str]]:
         " ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')").fetchall()}
 
 
-def _count_one(conn: psycopg.Connection[Any], schema: str, name: str, analyze: bool) -> int:
-    """The exact count, then ANALYZE while the table's pages are still in cache (the count has
-    just set their hint bits)."""
-    ident = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-    row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(ident)).fetchone()
-    if analyze:
-        conn.execute(sql.SQL("ANALYZE {}").format(ident))
-    return int(str(row[0])) if row else 0
-
-
 def verify_counts(
     settings: Settings,
     meta: dict[str, Any],
@@ -104,9 +94,10 @@ def verify_counts(
 ) -> VerifyReport:
     """Compare the target's exact counts with the backup's, using `jobs` connections at once.
 
-    With `analyze`, every restored table is also ANALYZEd (pg_restore leaves no statistics):
-    each connection counts a table and then analyzes it, taking the next table largest first,
-    so the work spreads over the connections however uneven the tables are."""
+    With `analyze`, every restored table is also ANALYZEd (pg_restore leaves no statistics).
+    The counts and the ANALYZEs are separate tasks taken largest table first by whichever
+    connection is free, so the work spreads over the connections however uneven the tables
+    are."""
     return TableVerifier(settings, meta, target=target, dbname=dbname, jobs=jobs,
                          analyze=analyze, emit=emit).finish()
 
@@ -213,13 +204,24 @@ def table_blockers(entries: list[TocEntry], deps: dict[int, list[int]],
     return out
 
 
+# How long after pg_restore's "finished item" line a free job slot is taken as free: when it
+# has an item ready it prints "launching item" right after (in the same pass of its loop).
+SLOT_GRACE = 0.05
+
+
 class TableVerifier:
     """Counts and analyzes the backup's tables on `jobs` connections of its own.
 
-    During a restore (`blockers` from `table_blockers`), each table is taken as soon as
-    pg_restore has finished every entry that could lock it (`item_finished`), while pg_restore
-    still builds other tables' indexes; tables are never touched before their turn, so the
-    restore cannot be held up. `finish()` does the rest, largest first, and returns the report."""
+    Each table is two tasks, its exact count and its ANALYZE (they take locks that do not
+    conflict, so two connections can share one large table). During a restore (`blockers` from
+    `table_blockers`), a table's tasks are ready as soon as pg_restore has finished every entry
+    that could lock it (`item_finished`), and one runs only while pg_restore leaves one of its
+    `--jobs` slots free (`item_launched`/`item_finished` keep count, `dispatch` starts what
+    fits): the verification never
+    adds to the concurrency the operator chose, so it works in the gaps of the restore (its
+    last items run on fewer jobs) instead of slowing the items on its critical path. Tables are
+    never touched before their turn, so the restore cannot be held up. `finish()` does the
+    rest, largest first, on every connection, and returns the report."""
 
     def __init__(self, settings: Settings, meta: dict[str, Any],
                  blockers: dict[tuple[str, str], set[int]] | None = None, *,
@@ -235,32 +237,78 @@ class TableVerifier:
         self.rows = {(str(t["schema"]), str(t["name"])): int(t["rows"]) for t in meta["tables"]}
         self.waiting = {t: set(b) for t, b in (blockers or {}).items() if t in self.rows}
         self.actual: dict[tuple[str, str], int | None] = {}
-        self.early = 0
+        self.early: set[tuple[str, str]] = set()  # tables begun while pg_restore ran
         self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="verify")
         self.futures: list[Future[None]] = []
         self._local = threading.local()
         self._conns: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()
+        # Scheduling state, shared by the event loop (pg_restore's lines) and the workers.
+        self._lock = threading.RLock()
+        self._queue: list[tuple[str, tuple[str, str]]] = []  # (task, table), in order
+        self._queued: set[tuple[str, str]] = set()
+        self._restore_items = 0  # pg_restore items launched and not finished
+        self._tasks = 0  # verification tasks submitted and not done
         self._stopped = False
-        # While pg_restore runs, the counts take no parallel workers: the cores are busy with
-        # the restore, and workers would only add processes competing with it.
+        # While pg_restore runs, the counts take no parallel workers and the tasks wait for a
+        # free job slot; once it has exited, every connection (and parallel worker) may work.
         self._restoring = blockers is not None
 
-    def item_finished(self, dump_id: int) -> None:
-        """pg_restore reported `finished item <dump_id>` (called from the event loop)."""
-        ready = []
-        for table, blockers in self.waiting.items():
-            blockers.discard(dump_id)
-            if not blockers:
-                ready.append(table)
-        for table in ready:
-            del self.waiting[table]
-            self.early += 1
-            self._submit(table)
+    @property
+    def tasks_running(self) -> int:
+        """Verification tasks submitted and not yet done."""
+        with self._lock:
+            return self._tasks
 
-    def _submit(self, table: tuple[str, str]) -> None:
-        if not self._stopped:
-            self.futures.append(self.pool.submit(self._verify_one, table))
+    def item_launched(self, dump_id: int) -> None:
+        """pg_restore reported `launching item <dump_id>`: one of its job slots is taken."""
+        with self._lock:
+            self._restore_items += 1
+
+    def item_finished(self, dump_id: int) -> None:
+        """pg_restore reported `finished item <dump_id>`: the tables it was the last blocker of
+        are queued. Nothing starts yet: pg_restore launches its next item at once when it has
+        one ready, so call `dispatch()` a moment later, when the freed slot is known to be
+        free (`SLOT_GRACE`)."""
+        with self._lock:
+            self._restore_items = max(0, self._restore_items - 1)
+            ready = []
+            for table, blockers in self.waiting.items():
+                blockers.discard(dump_id)
+                if not blockers:
+                    ready.append(table)
+            for table in ready:
+                del self.waiting[table]
+            self._enqueue(sorted(ready, key=lambda t: self.rows[t], reverse=True))
+
+    def dispatch(self) -> None:
+        """Start queued tasks while there is a free slot."""
+        with self._lock:
+            self._dispatch()
+
+    def _enqueue(self, tables: list[tuple[str, str]]) -> None:
+        for table in tables:
+            if table not in self._queued:
+                self._queued.add(table)
+                self._queue.append(("count", table))
+                if self.analyze:
+                    self._queue.append(("analyze", table))
+
+    def _dispatch(self) -> None:
+        """Submit queued tasks while there is room (called with the lock held)."""
+        while self._queue and not self._stopped and (
+                not self._restoring or self._tasks + self._restore_items < self.jobs):
+            task, table = self._queue.pop(0)
+            if self._restoring:
+                self.early.add(table)
+            self._tasks += 1
+            future = self.pool.submit(self._run_task, task, table)
+            self.futures.append(future)
+            future.add_done_callback(self._task_done)
+
+    def _task_done(self, _future: Future[None]) -> None:
+        with self._lock:
+            self._tasks -= 1
+            self._dispatch()
 
     def _conn(self) -> psycopg.Connection[Any]:
         conn = getattr(self._local, "conn", None)
@@ -275,37 +323,53 @@ class TableVerifier:
                 self._conns.append(conn)
         return conn
 
-    def _verify_one(self, table: tuple[str, str]) -> None:
+    def _run_task(self, task: str, table: tuple[str, str]) -> None:
         if self._stopped:
             return
         conn = self._conn()
-        if self._local.serial != self._restoring:
-            conn.execute("SET max_parallel_workers_per_gather = 0" if self._restoring
+        restoring = self._restoring
+        if self._local.serial != restoring:
+            conn.execute("SET max_parallel_workers_per_gather = 0" if restoring
                          else "RESET max_parallel_workers_per_gather")
-            self._local.serial = self._restoring
+            self._local.serial = restoring
         if table not in self._local.present:  # created by the restore after this connection
             self._local.present = _present(conn)
-        self.actual[table] = (_count_one(conn, *table, analyze=self.analyze)
-                              if table in self._local.present else None)
+        present = table in self._local.present
+        ident = sql.SQL("{}.{}").format(sql.Identifier(table[0]), sql.Identifier(table[1]))
+        began = time.monotonic()
+        rows = None
+        if task == "count":
+            row = (conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(ident)).fetchone()
+                   if present else None)
+            rows = self.actual[table] = int(str(row[0])) if row else None
+        elif present:
+            conn.execute(sql.SQL("ANALYZE {}").format(ident))
+        else:
+            return
+        self.emit(TableChecked(table[0], table[1], task, time.monotonic() - began, rows,
+                               restoring))
 
     def finish(self) -> VerifyReport:
         """Verify what is left (largest first) and gather everything; during a restore, once
         pg_restore has exited cleanly. The report's seconds are the time from here: what the
         verification adds to the restore."""
         started = time.monotonic()
-        done = (f"{self.early} of them already while pg_restore ran" if self.early
+        done = (f"{len(self.early)} of them begun while pg_restore ran" if self.early
                 else f"{min(self.jobs, len(self.rows)) or 1} connections")
         self.emit(PhaseStarted("counting" + (" and analyzing" if self.analyze else ""),
                                f"{len(self.rows)} tables in {self.dbname}, {done}"))
         try:
-            for f in list(self.futures):
-                f.result()
-            self._restoring = False
-            self.waiting.clear()
-            for table in sorted((t for t in self.rows if t not in self.actual),
-                                key=lambda t: self.rows[t], reverse=True):
-                self._submit(table)
-            for f in self.futures:
+            with self._lock:
+                self._restoring = False
+                self._restore_items = 0
+                self.waiting.clear()
+                self._enqueue(sorted((t for t in self.rows if t not in self._queued),
+                                     key=lambda t: self.rows[t], reverse=True))
+                self._dispatch()
+                futures = list(self.futures)
+            # Every task is submitted by now (tasks that end only submit queued ones, and the
+            # queue is empty), so these are all of them.
+            for f in futures:
                 f.result()
         finally:
             self.close()
@@ -314,14 +378,17 @@ class TableVerifier:
 
     def abort(self) -> None:
         """The restore failed or was interrupted: stop at once (running queries cancelled)."""
-        self._stopped = True
         with self._lock:
+            self._stopped = True
+            self._queue.clear()
             for conn in self._conns:
                 with contextlib.suppress(Exception):
                     conn.cancel()
         self.close()
 
     def close(self) -> None:
+        with self._lock:
+            self._stopped = True
         self.pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for conn in self._conns:

@@ -36,6 +36,7 @@ from tui.core.events import (
     PhaseStarted,
     Progress,
     RestoreLine,
+    TableChecked,
     ToolOutput,
 )
 from tui.core.runbook import RUNNING, RunbookRun
@@ -205,6 +206,8 @@ class RunnerScreen(Screen[None]):
             self.update_status(f"{event.phase}…")
         elif isinstance(event, Notice):
             self._write(f"{event.level}: {event.message}")
+        elif isinstance(event, TableChecked):
+            self._write(f"verify: {event.describe()}")
         elif isinstance(event, DumpProgress):
             bar = self.query_one("#progress", ProgressBar)
             bar.display = True
