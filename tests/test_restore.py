@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import json
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
@@ -278,6 +279,9 @@ def test_ctrl_c_stops_pg_restore_and_points_at_the_safety_backup(workspace: Work
             raise AssertionError(proc.communicate()[1]) from None
         restore_pids = [int(p) for p in _pids_of("pg_restore")]
         assert restore_pids
+        # The decompressed copy pg_restore reads is as private as the archive.
+        copies = list(workspace.backup_dir.glob(".*.restore.partial-*"))
+        assert copies and {stat.S_IMODE(c.stat().st_mode) for c in copies} == {0o600}, copies
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -542,3 +546,67 @@ def test_restore_progress_counts_each_item_once(workspace: Workspace, jobs: int)
         if jobs > 1:
             assert counter.done == len(reported), line
     assert counter.done == total
+
+
+def test_the_decompressed_copy_gets_the_data_offsets_pg_dump_could_not_write(
+        workspace: Workspace, server: Server, tmp_path: Path) -> None:
+    """pg_dump writing into zstd through a pipe leaves every TABLE DATA position unset; the
+    indexer finds each block and writes the positions in. pg_restore then seeks to each table's
+    data (a wrong position would be a fatal "unexpected block ID") and reads exactly what it
+    reads from the unpatched copy; and the positions are the ones pg_dump itself writes when it
+    can seek in its output."""
+    import os
+
+    from tui.core.dataoffsets import POS_NOT_SET, POS_SET, DataIndexer
+
+    meta = _backup(workspace)
+    archive = workspace.backup_dir / meta["archive"]["file"]
+    plain = tmp_path / "plain.dump"
+    subprocess.run(["zstd", "-dq", "-o", str(plain), str(archive)], check=True)
+    patched = tmp_path / "patched.dump"
+    patched.write_bytes(plain.read_bytes())
+
+    fd = os.open(patched, os.O_RDWR)
+    try:
+        indexer = DataIndexer(fd, lambda: False)
+        found = indexer.run()
+        assert {e.dump_id for e in found} == {e.dump_id for e in indexer.entries}
+        assert len(found) >= 20  # every table of pagila with rows
+        indexer.patch(found)
+        states = {e.dump_id: os.pread(fd, 1, e.state_at)[0] for e in found}
+    finally:
+        os.close(fd)
+    assert set(states.values()) == {POS_SET}
+    again = DataIndexer(os.open(patched, os.O_RDONLY), lambda: False)
+    assert again.run() == []  # nothing left unset
+    os.close(again.fd)
+
+    pg_restore = server.bindir / "pg_restore"
+
+    def data_sql(path: Path) -> str:
+        out = subprocess.run([str(pg_restore), "--data-only", "-f", "-", str(path)],
+                             capture_output=True, text=True, check=True).stdout
+        # (\restrict lines carry a random key per run)
+        return "\n".join(ln for ln in out.splitlines()
+                         if not ln.startswith(("\\restrict", "\\unrestrict")))
+
+    assert data_sql(patched) == data_sql(plain)
+
+    # pg_dump straight into a file it can seek in, of the same unchanged database.
+    direct = tmp_path / "direct.dump"
+    env = {**clean_env(), "PGPASSWORD": server.password}
+    subprocess.run([str(server.bindir / "pg_dump"), "-Fc", "--compress=0", "-h", "127.0.0.1",
+                    "-p", str(server.port), "-U", "postgres", "-f", str(direct),
+                    workspace.dbname], env=env, check=True)
+    reference = DataIndexer(os.open(direct, os.O_RDONLY), lambda: False)
+    assert reference.run() == []  # pg_dump set them all itself
+    os.close(reference.fd)
+    with direct.open("rb") as f:
+        theirs = {}
+        for e in reference.all_data:
+            f.seek(e.state_at)
+            raw = f.read(9)
+            theirs[e.dump_id] = int.from_bytes(raw[1:], "little")
+    ours = {e.dump_id: e.offset for e in found}
+    assert ours == theirs
+    assert POS_NOT_SET not in states.values()
