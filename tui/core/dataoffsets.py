@@ -29,7 +29,7 @@ MAGIC = b"PGDMP"
 VERSIONS = ((1, 14),)
 POS_NOT_SET, POS_SET, NO_DATA = 1, 2, 3  # a TOC entry's data state (K_OFFSET_*)
 BLK_DATA = 1
-READ_SIZE = 8 << 20
+READ_SIZE = 4 << 20
 
 
 class NotIndexable(Exception):
@@ -52,22 +52,34 @@ class _Tail:
         self.writing = writing
         self.stop = stop
 
+    def _wait(self) -> bool:
+        """Wait a moment for the writer; False once it has finished."""
+        if not self.writing():
+            return False
+        if self.stop.wait(0.01):
+            raise NotIndexable("stopped")
+        return True
+
     def read(self, offset: int, size: int) -> bytes:
         """`size` bytes at `offset`, or fewer only at the end of the finished file."""
-        data = b""
+        data = os.pread(self.fd, size, offset)
         while len(data) < size:
-            more = os.pread(self.fd, size - len(data), offset + len(data))
-            if more:
-                data += more
-                continue
-            if not self.writing():
-                more = os.pread(self.fd, size - len(data), offset + len(data))
-                if not more:
-                    return data
-                data += more
-            elif self.stop.wait(0.01):
-                raise NotIndexable("stopped")
+            writing = self._wait()
+            data = os.pread(self.fd, size, offset)
+            if not writing:
+                break
         return data
+
+    def read_into(self, buf: memoryview, offset: int, minimum: int) -> int:
+        """Fill `buf` from `offset` with what is there, once at least `minimum` bytes are (or
+        the finished file has fewer); the number of bytes read."""
+        n = os.preadv(self.fd, [buf], offset)
+        while n < minimum:
+            writing = self._wait()
+            n = os.preadv(self.fd, [buf], offset)
+            if not writing:
+                break
+        return n
 
 
 class _Cursor:
@@ -113,6 +125,7 @@ class DataIndexer:
         self.off_size = 8
         self.entries: list[DataEntry] = []  # table data whose position is not set
         self.all_data: list[DataEntry] = []  # every entry with data, set or not
+        self._buf = bytearray(READ_SIZE)
 
     def run(self) -> list[DataEntry]:
         """The entries whose positions are to be set, each with its block found."""
@@ -190,16 +203,18 @@ class DataIndexer:
         return cur
 
     def _find(self, pattern: bytes, start: int) -> int:
-        """The first position of `pattern` at or after `start`, reading behind the writer."""
+        """The first position of `pattern` at or after `start`, reading behind the writer into
+        one buffer (no allocation per read)."""
+        buf = self._buf
         pos = start
         while True:
-            chunk = self.tail.read(pos, READ_SIZE)
-            at = chunk.find(pattern)
+            n = self.tail.read_into(memoryview(buf), pos, len(pattern))
+            at = buf.find(pattern, 0, n)
             if at >= 0:
                 return pos + at
-            if len(chunk) < READ_SIZE:
+            if n < len(pattern):
                 return -1
-            pos += len(chunk) - len(pattern) + 1
+            pos += n - len(pattern) + 1
 
     def patch(self, entries: list[DataEntry]) -> None:
         """Write the found positions into the finished file's table of contents, after checking
