@@ -27,7 +27,8 @@ Every restore except the last goes into a freshly created empty database (DROP D
 CREATE DATABASE + CHECKPOINT + sync(2) before it, untimed), so pgrunbook needs no safety backup
 there. The tool is timed as a whole command: Python start-up, SHA-256 of the archive,
 `pg_restore --list`, connecting, locking, the session check, emptying the archive's schemas,
-`zstd -dq -o TMP` of the archive, `pg_restore --verbose --clean --if-exists --jobs=J ...` and,
+`zstd -dqc` of the archive into a temp file (each table's data position filled in behind
+it), `pg_restore --verbose --clean --if-exists --jobs=J ...` and,
 with verification, ANALYZE and the counts. A discarded bare run first warms the page cache.
 bare, zstd + pg_restore, same, tool and tool+verify alternate (--repeat N rounds):
 each round shares the noisy VM's momentary speed, so the goals are judged by the MEDIAN of the
