@@ -217,11 +217,11 @@ class TableVerifier:
     `table_blockers`), a table's tasks are ready as soon as pg_restore has finished every entry
     that could lock it (`item_finished`), and one runs only while pg_restore leaves one of its
     `--jobs` slots free (`item_launched`/`item_finished` keep count, `dispatch` starts what
-    fits): the verification never
-    adds to the concurrency the operator chose, so it works in the gaps of the restore (its
-    last items run on fewer jobs) instead of slowing the items on its critical path. Tables are
-    never touched before their turn, so the restore cannot be held up. `finish()` does the
-    rest, largest first, on every connection, and returns the report."""
+    fits): the verification never adds to the concurrency the operator chose, so it works in
+    the gaps of the restore (its last items run on fewer jobs) instead of slowing the items on
+    its critical path. Tables are never touched before their turn, so the restore cannot be
+    held up. `finish()` does the rest, largest first, on every connection, and returns the
+    report."""
 
     def __init__(self, settings: Settings, meta: dict[str, Any],
                  blockers: dict[tuple[str, str], set[int]] | None = None, *,
