@@ -540,7 +540,8 @@ def test_restore_progress_counts_each_item_once(workspace: Workspace, jobs: int)
     reported: set[int] = set()
     for line in lines:
         counter.feed(line)
-        m = re.match(r"pg_restore: (processing|processing missed|finished) item (\d+) ", line)
+        m = re.match(r"(?:pg_restore: )*(processing|processing missed|finished) item (\d+) ",
+                     line)
         if m and int(m.group(2)) in ids:
             reported.add(int(m.group(2)))
         if jobs > 1:
@@ -610,3 +611,26 @@ def test_the_decompressed_copy_gets_the_data_offsets_pg_dump_could_not_write(
     ours = {e.dump_id: e.offset for e in found}
     assert ours == theirs
     assert POS_NOT_SET not in states.values()
+
+
+def test_restore_progress_reads_lines_whose_prefix_moved() -> None:
+    """pg_restore's leader and workers write the "pg_restore: " prefix and the message with
+    separate writes to one stderr; interleaved, a line carries two prefixes and the next none
+    (seen in a real restore's log: "pg_restore: pg_restore: processing data for table ...").
+    Such items still count, and reach the verifier's slot accounting."""
+    from tui.core.restore import ItemProgress
+
+    counter = ItemProgress({1, 2, 3})
+    seen = [counter.feed(line) for line in [
+        "pg_restore: processing item 1 TABLE public t postgres",
+        "pg_restore: entering main parallel loop",
+        "pg_restore: pg_restore: launching item 2 TABLE DATA public t postgres",
+        'processing data for table "public.t"',
+        "pg_restore: launching item 3 INDEX public t_idx postgres",
+        "pg_restore: pg_restore: creating INDEX \"public.t_idx\"",
+        "finished item 2 TABLE DATA public t postgres",
+        "pg_restore: finished item 3 INDEX public t_idx postgres",
+    ]]
+    assert [s for s in seen if s] == [("launching", 2), ("launching", 3), ("finished", 2),
+                                      ("finished", 3)]
+    assert counter.done == 3

@@ -329,9 +329,12 @@ def filter_entries(toc: Toc, *, superuser: bool, app_schemas_only: bool) -> list
 
 
 HEADER_DESCS = ("ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE")
-_SERIAL_ITEM_RE = re.compile(r"^pg_restore: (creating|processing data for table|executing) ")
+# pg_restore's processes share one stderr and write the "pg_restore: " prefix and the message
+# separately, so a line can carry two prefixes and the next none.
+_PREFIX = r"^(?:pg_restore: )*"
+_SERIAL_ITEM_RE = re.compile(_PREFIX + r"(creating|processing data for table|executing) ")
 _NUMBERED_ITEM_RE = re.compile(
-    r"^pg_restore: (processing|processing missed|launching|finished) item (\d+) ")
+    _PREFIX + r"(processing|processing missed|launching|finished) item (\d+) ")
 
 
 class ItemProgress:
@@ -342,7 +345,8 @@ class ItemProgress:
     phase), "launching item N" and "finished item N" for those its workers do; the workers'
     "creating ..." lines repeat those items, so only numbered lines of the archive's own
     entries count there. A serial restore prints one "creating", "processing data for table" or
-    "executing" line per item."""
+    "executing" line per item. Lines are read with or without their "pg_restore: " prefix
+    (several processes writing at once can move it to the line before)."""
 
     def __init__(self, dump_ids: set[int]) -> None:
         self.dump_ids = dump_ids
