@@ -117,19 +117,19 @@ class Renderer:
             self._generic_progress(event)
         elif isinstance(event, RestoreLine):
             if self.verbose or event.is_error:
-                if self._progress is not None:
-                    self._progress.console.print(f"  {event.line}", markup=False, highlight=False)
-                else:
-                    _out(f"  {event.line}", self.stream)
+                self._line(f"  {event.line}")
         elif isinstance(event, TableChecked):
             if self.verbose:
-                line = f"  verify: {event.describe()}"
-                if self._progress is not None:
-                    self._progress.console.print(line, markup=False, highlight=False)
-                else:
-                    _out(line, self.stream)
+                self._line(f"  verify: {event.describe()}")
         elif isinstance(event, BackupFinished):
             self._stop_bar()
+
+    def _line(self, text: str) -> None:
+        """A line of output above the progress bar, if one is showing."""
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            _out(text, self.stream)
 
     def _generic_progress(self, event: Progress) -> None:
         if self.tty:

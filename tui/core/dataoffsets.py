@@ -23,7 +23,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-MAGIC = b"PGDMP"
+from tui.core.archive import CUSTOM_MAGIC
+
 # The archive version whose table of contents this reads: 1.14, pg_dump 12 to 15. pg_dump 16
 # and newer compress with zstd itself and write to the file, with the offsets.
 VERSIONS = ((1, 14),)
@@ -39,7 +40,6 @@ class NotIndexable(Exception):
 @dataclass
 class DataEntry:
     dump_id: int
-    desc: str
     state_at: int  # file position of the entry's data-state byte
     offset: int | None = None  # where its data block starts, once found
 
@@ -62,13 +62,8 @@ class _Tail:
 
     def read(self, offset: int, size: int) -> bytes:
         """`size` bytes at `offset`, or fewer only at the end of the finished file."""
-        data = os.pread(self.fd, size, offset)
-        while len(data) < size:
-            writing = self._wait()
-            data = os.pread(self.fd, size, offset)
-            if not writing:
-                break
-        return data
+        buf = bytearray(size)
+        return bytes(buf[:self.read_into(memoryview(buf), offset, size)])
 
     def read_into(self, buf: memoryview, offset: int, minimum: int) -> int:
         """Fill `buf` from `offset` with what is there, once at least `minimum` bytes are (or
@@ -132,13 +127,13 @@ class DataIndexer:
         cur = self._read_toc()
         data_start = cur.pos
         # TOC order is the order pg_dump (without --jobs) wrote the data blocks in.
-        pending = [e for e in self.entries if e.desc == "TABLE DATA"]
+        pending = self.entries
         if not pending:
             return []
         end_marker = bytes(1 + self.int_size)  # a zero length: the end of a block's data
         pos = data_start
         for i, entry in enumerate(pending):
-            header = bytes([BLK_DATA]) + self._int_bytes(entry.dump_id)
+            header = self._block_header(entry.dump_id)
             if i == 0:
                 found = data_start if self.tail.read(pos, len(header)) == header else -1
             else:
@@ -150,12 +145,13 @@ class DataIndexer:
             pos = found + len(header)
         return pending
 
-    def _int_bytes(self, value: int) -> bytes:
-        return bytes([0]) + value.to_bytes(self.int_size, "little")
+    def _block_header(self, dump_id: int) -> bytes:
+        """A data block's start: its type, then the dump id as pg_dump writes an int."""
+        return bytes([BLK_DATA, 0]) + dump_id.to_bytes(self.int_size, "little")
 
     def _read_toc(self) -> _Cursor:
         cur = _Cursor(self.tail, 0)
-        if cur.take(5) != MAGIC:
+        if cur.take(len(CUSTOM_MAGIC)) != CUSTOM_MAGIC:
             raise NotIndexable("not a custom-format archive")
         vmaj, vmin, _rev = cur.byte(), cur.byte(), cur.byte()
         if (vmaj, vmin) not in VERSIONS:
@@ -193,7 +189,7 @@ class DataIndexer:
             state = cur.byte()
             cur.take(self.off_size)
             if state in (POS_NOT_SET, POS_SET):
-                self.all_data.append(DataEntry(dump_id, desc, state_at))
+                self.all_data.append(DataEntry(dump_id, state_at))
             if state == POS_NOT_SET:
                 if desc != "TABLE DATA":
                     raise NotIndexable(f"{desc} data (only table data is indexed)")
@@ -221,7 +217,7 @@ class DataIndexer:
         each block header once more."""
         for e in entries:
             assert e.offset is not None
-            header = bytes([BLK_DATA]) + self._int_bytes(e.dump_id)
+            header = self._block_header(e.dump_id)
             if os.pread(self.fd, len(header), e.offset) != header:
                 raise NotIndexable(f"the data of entry {e.dump_id} moved")
             if os.pread(self.fd, 1, e.state_at) != bytes([POS_NOT_SET]):
