@@ -329,12 +329,22 @@ def filter_entries(toc: Toc, *, superuser: bool, app_schemas_only: bool) -> list
 
 
 HEADER_DESCS = ("ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE")
-# pg_restore's processes share one stderr and write the "pg_restore: " prefix and the message
-# separately, so a line can carry two prefixes and the next none.
-_PREFIX = r"^(?:pg_restore: )*"
+# pg_restore's processes share one stderr, and each message is three writes: "pg_restore:", " "
+# and the text with its newline. Interleaved, a line can start "pg_restore:pg_restore:  ",
+# "pg_restore: pg_restore:" or " ", and the next carry no prefix at all.
+_PREFIX = r"^(?:pg_restore:| )*"
+_PREFIXES_RE = re.compile(r"^pg_restore:(?:pg_restore:| )*")
 _SERIAL_ITEM_RE = re.compile(_PREFIX + r"(creating|processing data for table|executing) ")
 _NUMBERED_ITEM_RE = re.compile(
     _PREFIX + r"(processing|processing missed|launching|finished) item (\d+) ")
+
+
+def tidy_line(line: str) -> str:
+    """`line` with a run of interleaved "pg_restore:" prefixes and spaces shown as one prefix."""
+    m = _PREFIXES_RE.match(line)
+    if m is None or m.group() == "pg_restore: ":
+        return line
+    return "pg_restore: " + line[m.end():]
 
 
 class ItemProgress:
@@ -345,8 +355,8 @@ class ItemProgress:
     phase), "launching item N" and "finished item N" for those its workers do; the workers'
     "creating ..." lines repeat those items, so only numbered lines of the archive's own
     entries count there. A serial restore prints one "creating", "processing data for table" or
-    "executing" line per item. Lines are read with or without their "pg_restore: " prefix
-    (several processes writing at once can move it to the line before)."""
+    "executing" line per item. Lines are read with or without their "pg_restore: " prefix,
+    or with several (processes writing at once move prefixes and spaces between lines)."""
 
     def __init__(self, dump_ids: set[int]) -> None:
         self.dump_ids = dump_ids
@@ -915,7 +925,7 @@ async def _run_pg_restore(argv: list[str], env: dict[str, str], dump_ids: set[in
     try:
         assert proc.stdout is not None
         async for raw in proc.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip()
+            line = tidy_line(raw.decode("utf-8", errors="replace").rstrip())
             is_error = "error:" in line or line.startswith(("ERROR", "FATAL")) \
                 or "errors ignored on restore" in line
             if is_error:
