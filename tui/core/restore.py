@@ -332,11 +332,11 @@ HEADER_DESCS = ("ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE")
 # pg_restore's processes share one stderr, and each message is three writes: "pg_restore:", " "
 # and the text with its newline. Interleaved, a line can start "pg_restore:pg_restore:  ",
 # "pg_restore: pg_restore:" or " ", and the next carry no prefix at all.
-_PREFIX = r"^(?:pg_restore:| )*"
-_PREFIXES_RE = re.compile(r"^pg_restore:(?:pg_restore:| )*")
-_SERIAL_ITEM_RE = re.compile(_PREFIX + r"(creating|processing data for table|executing) ")
+_PREFIXES = r"(?:pg_restore:| )*"
+_PREFIXES_RE = re.compile(r"^pg_restore:" + _PREFIXES)
+_SERIAL_ITEM_RE = re.compile("^" + _PREFIXES + r"(creating|processing data for table|executing) ")
 _NUMBERED_ITEM_RE = re.compile(
-    _PREFIX + r"(processing|processing missed|launching|finished) item (\d+) ")
+    "^" + _PREFIXES + r"(processing|processing missed|launching|finished) item (\d+) ")
 
 
 def tidy_line(line: str) -> str:
