@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tui.core.errors import OperationFailed
-from tui.core.pgtools import server_binaries
+from tui.core.pgtools import server_binaries, tool_version
 
 
 def free_port() -> int:
@@ -50,15 +50,20 @@ class ThrowawayCluster:
         base_dir: Path | None = None,
         fsync: bool = False,
         extra_conf: dict[str, str] | None = None,
+        superuser: str = "postgres",
+        bindir: Path | None = None,
     ) -> None:
+        """`superuser` is the bootstrap role initdb creates (Supabase's is `supabase_admin`);
+        `bindir` names the server binaries to use instead of searching for them."""
         self.major_wanted = major
+        self.bindir_wanted = bindir
         self.password = password
         self.fsync = fsync
         self.extra_conf = dict(extra_conf or {})
         self.base_dir = base_dir
         self.port = 0
         self.host = "127.0.0.1"
-        self.user = "postgres"
+        self.user = superuser
         self.major = 0
         self.bindir: Path | None = None
         self._owned_base = base_dir is None
@@ -80,7 +85,15 @@ class ThrowawayCluster:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> ThrowawayCluster:
-        self.major, self.bindir = server_binaries(self.major_wanted)
+        if self.bindir_wanted is not None:
+            self.bindir = self.bindir_wanted
+            version = tool_version(self.bindir / "postgres")
+            if version is None:
+                raise OperationFailed(f"{self.bindir} holds no working PostgreSQL server.",
+                                      "Point it at a directory with initdb, pg_ctl, postgres.")
+            self.major = version[0]
+        else:
+            self.major, self.bindir = server_binaries(self.major_wanted)
         if self.base_dir is None:
             # Short path: the unix socket lives here and must stay under 107 characters.
             self.base_dir = Path(tempfile.mkdtemp(prefix="pgrb-"))
