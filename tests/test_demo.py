@@ -8,16 +8,23 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.conftest import clean_env
+from tests.conftest import Server, clean_env
 
 
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, env=clean_env(),
+def run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tui", *args], cwd=cwd, env=env or clean_env(),
                           capture_output=True, text=True, timeout=300)
 
 
-def test_demo_starts_backs_up_lists_and_stops(tmp_path: Path) -> None:
-    proc = run(tmp_path, "demo", "--rows", "5000")
+def test_demo_starts_backs_up_lists_and_stops(tmp_path: Path, server: Server,
+                                              pagila_db: str) -> None:
+    # Another database's settings exported, as the SOP's `export $(grep -v '^#'
+    # .env.deployment | xargs)` leaves them: the demo must neither read nor write it.
+    exported = {**clean_env(), "SUPABASE_DB_HOST": "127.0.0.1",
+                "SUPABASE_DB_PORT": str(server.port), "SUPABASE_DB_NAME": pagila_db,
+                "SUPABASE_DB_PASSWORD": server.password}
+    before = server.psql(pagila_db, "-Atc", "SELECT count(*) FROM pg_class").stdout
+    proc = run(tmp_path, "demo", "--rows", "5000", env=exported)
     try:
         assert proc.returncode == 0, proc.stderr
         assert "Backup complete" in proc.stdout and "_manual" in proc.stdout
@@ -43,6 +50,12 @@ def test_demo_starts_backs_up_lists_and_stops(tmp_path: Path) -> None:
             assert rows["auth.users"] == 100
             counts.append(rows["public.transactions"])
         assert counts == [9500, 8500, 7000, 5000]
+        # The README's restore on the demo, still with the other database exported.
+        restored = run(tmp_path, "--env-file", str(env_file), "restore", "latest", "--yes",
+                       env=exported)
+        assert restored.returncode == 0, restored.stderr
+        assert f"127.0.0.1:{server.port}" not in restored.stderr + restored.stdout
+        assert server.psql(pagila_db, "-Atc", "SELECT count(*) FROM pg_class").stdout == before
         # Running it again reuses the running demo database.
         again = run(tmp_path, "demo")
         assert again.returncode == 0 and "already running" in again.stderr

@@ -121,6 +121,8 @@ class PgRunbookApp(App[None]):
 
     def on_mount(self) -> None:
         self.push_screen(HomeScreen())
+        for warning in self.settings.warnings:  # e.g. the environment moved the target
+            self.notify(warning, severity="warning", timeout=30)
 
     def watch_app_focus(self, focus: bool) -> None:
         """Textual skips a screen's AUTO_FOCUS while the terminal is unfocused and, on focus

@@ -599,7 +599,7 @@ def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tui.core.demo import demo_dir, start_demo, stop_demo
+    from tui.core.demo import demo_dir, demo_settings, start_demo, stop_demo
 
     workdir = demo_dir()
     if args.stop:
@@ -617,7 +617,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         _err(f"Demo database already running on 127.0.0.1:{demo.cluster.port}; "
              f"settings in {env_rel}")
-    settings = load_settings(env_file=demo.env_file)
+    settings = demo_settings(demo)  # its own file alone: never the exported environment
+    for warning in settings.warnings:
+        _err(f"note: {warning}")
     if demo.created:
         from tui.core.demo import seed_history
 

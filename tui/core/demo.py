@@ -26,11 +26,13 @@ from tui.core.events import Emit, ignore
 from tui.core.fsutil import atomic_write_bytes, ensure_private_dir
 from tui.core.metadata import ARCHIVE_SUFFIX, STAMP_RE, meta_path_for, read_meta, write_meta
 from tui.core.pgtools import connect
-from tui.core.settings import Settings
+from tui.core.settings import Settings, load_settings
 
 DEMO_DIR = "pgrunbook-demo"
 DEMO_ENV = "demo.env"
 STATE_FILE = "cluster.json"
+_ISOLATED = ("# This file is the whole truth: exported SUPABASE_DB_* or DATABASE_URL variables "
+             "never point the demo elsewhere.\nPGRUNBOOK_IGNORE_ENVIRONMENT=true\n")
 
 SUPABASE_ROLES = ("anon", "authenticated", "service_role", "supabase_admin",
                   "supabase_auth_admin", "supabase_storage_admin")
@@ -216,6 +218,9 @@ def start_demo(workdir: Path, transactions: int = 50_000) -> Demo:
     existing = running_demo(workdir)
     env_file = workdir / DEMO_ENV
     if existing is not None and env_file.exists():
+        text = env_file.read_text(encoding="utf-8")
+        if "PGRUNBOOK_IGNORE_ENVIRONMENT=true" not in text:  # written by an older pgrunbook
+            atomic_write_bytes(env_file, (text + _ISOLATED).encode())
         return Demo(workdir, existing, env_file, created=False)
     stop_demo(workdir)
     password = new_password()
@@ -238,6 +243,7 @@ def start_demo(workdir: Path, transactions: int = 50_000) -> Demo:
     save_state(workdir / STATE_FILE, cluster.detach())
     env = "\n".join([
         "# Written by `pgrunbook demo`: the throwaway demo database.",
+        _ISOLATED.strip(),
         f"SUPABASE_DB_HOST={cluster.host}",
         f"SUPABASE_DB_PORT={cluster.port}",
         "SUPABASE_DB_NAME=postgres",
@@ -253,6 +259,20 @@ def start_demo(workdir: Path, transactions: int = 50_000) -> Demo:
     ])
     atomic_write_bytes(env_file, env.encode())
     return Demo(workdir, cluster, env_file, created=True)
+
+
+def demo_settings(demo: Demo) -> Settings:
+    """The demo's settings from its own file alone, refused unless they point at the demo's own
+    cluster: the demo writes (growing data, restores) only there."""
+    settings = load_settings(env_file=demo.env_file, ignore_environment=True)
+    t = settings.target
+    if (t.host, t.port) != (demo.cluster.host, demo.cluster.port):
+        raise OperationFailed(
+            f"{demo.env_file} points at {t.describe()}, not at the demo's own database on "
+            f"{demo.cluster.host}:{demo.cluster.port}; nothing was written.",
+            "Remove the demo (pgrunbook demo --stop) and start it again.",
+        )
+    return settings
 
 
 def stop_demo(workdir: Path) -> bool:

@@ -563,15 +563,26 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
     )
 
 
+def typed_confirmation_reason(target: Target, safety_backup: bool = True) -> str:
+    """Why writing to `target` needs its database name typed, or "" when a yes will do."""
+    if target.production:
+        return ("it is a production target" if target.production_reason.startswith("named")
+                else target.production_reason)
+    if target.overridden:
+        return "the environment moved the settings file's target to this endpoint"
+    if not safety_backup:
+        return "the safety backup is skipped"
+    return ""
+
+
 async def _confirm(target: Target, backup: str, request: RestoreRequest, ask: Ask | None) -> None:
-    typed_required = target.production or not request.safety_backup
-    why = ("it is a production target" if target.production
-           else "the safety backup is skipped" if not request.safety_backup else "")
+    why = typed_confirmation_reason(target, request.safety_backup)
+    typed_required = bool(why)
     if request.confirm_name is not None:
         if request.confirm_name != target.dbname:
             raise ConfigError(
-                f"--confirm {request.confirm_name!r} does not match the target's database "
-                f"name; nothing was changed.",
+                f"--confirm {request.confirm_name!r} does not match the database of target "
+                f"{target.name!r} ({target.describe()}); nothing was changed.",
                 f"Type the database name of target {target.name!r} exactly.",
             )
         return
@@ -580,9 +591,9 @@ async def _confirm(target: Target, backup: str, request: RestoreRequest, ask: As
     if ask is None:
         if typed_required:
             raise ConfigError(
-                f"refusing to restore into {target.name!r} without its database name typed, "
-                f"because {why}; --yes alone is not enough.",
-                f"Add --confirm <database name> (target {target.name!r}, {target.host}).",
+                f"refusing to restore into {target.name!r} ({target.describe()}) without its "
+                f"database name typed, because {why}; --yes alone is not enough.",
+                f"Add --confirm {target.dbname} if that endpoint is the one to overwrite.",
             )
         raise ConfigError(
             f"restoring replaces the data in {target.name!r} ({target.describe()}): confirm it.",

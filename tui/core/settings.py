@@ -2,7 +2,8 @@
 
 Every variable the engine reads is declared once in `SETTINGS`, with its default and a one-line
 description; `.env.deployment.example` documents the same names (a test keeps them in step).
-Secrets are held in `Secret`, which never prints its value.
+Secrets are held in `Secret`, which never prints its value. Targets and what makes one
+production live in `targets`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,24 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
 from tui.core.errors import ConfigError
+from tui.core.targets import (
+    BUILTIN_TARGETS,
+    Secret,
+    Target,
+    configured_target_names,
+    default_target_name,
+    parse_database_url,
+    production_names,
+    resolve_target,
+)
+
+__all__ = ["BUILTIN_TARGETS", "SETTINGS", "Secret", "Settings", "Target", "configured_target_names",
+           "load_settings", "parse_compression", "parse_database_url", "parse_memory"]
 
 DEFAULT_ENV_FILE = ".env.deployment"
 
@@ -42,6 +55,11 @@ class SettingSpec:
 
 SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("PGRUNBOOK_ENV_FILE", None, "Settings file to read instead of ./.env.deployment."),
+    SettingSpec(
+        "PGRUNBOOK_IGNORE_ENVIRONMENT", "false",
+        "true: this file is the whole truth, the environment's variables are ignored (the "
+        "demo's file says so); only meaningful in a settings file.",
+    ),
     SettingSpec("SUPABASE_DB_HOST", None, "Database host of the default target."),
     SettingSpec("SUPABASE_DB_PORT", "5432", "Database port of the default target."),
     SettingSpec("SUPABASE_DB_NAME", "postgres", "Database name of the default target."),
@@ -121,66 +139,6 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 secret=True),
 )
 
-# `local` is the Supabase CLI's local database (`supabase start`).
-BUILTIN_TARGETS: Mapping[str, str] = {
-    "local": "postgresql://postgres@127.0.0.1:54322/postgres",
-}
-WELL_KNOWN_TARGETS = ("production", "staging", "local")
-
-
-class Secret:
-    """A value that never shows itself in repr, str, logs or exception text."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-@dataclass(frozen=True)
-class Target:
-    """A database the tool can back up or restore into."""
-
-    name: str
-    host: str
-    port: int
-    dbname: str
-    user: str
-    password: Secret | None = field(default=None, repr=False)
-    production: bool = False
-    # Extra libpq parameters from the URL, such as sslmode (never the password).
-    params: tuple[tuple[str, str], ...] = ()
-    source: str = "environment"
-
-    def describe(self) -> str:
-        """host:port/db as user, safe to print."""
-        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
-
-    def public(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "host": self.host,
-            "port": self.port,
-            "database": self.dbname,
-            "user": self.user,
-            "production": self.production,
-        }
-
-
 @dataclass(frozen=True)
 class Settings:
     """One settings object, built once from the env file plus the environment."""
@@ -250,122 +208,8 @@ def _permission_warning(path: Path) -> str | None:
     return None
 
 
-def parse_database_url(url: str, what: str) -> dict[str, object]:
-    """Split a postgresql:// URL into parts. The message never repeats the URL (it may hold a
-    password)."""
-    expected = "expected postgresql://user[:password]@host[:port]/database"
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        raise ConfigError(f"{what} does not parse: the port is not a number.", expected) from None
-    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-        raise ConfigError(f"{what} does not parse as a PostgreSQL URL.", expected)
-    result: dict[str, object] = {"host": parts.hostname}
-    if port is not None:
-        result["port"] = port
-    if parts.username:
-        result["user"] = unquote(parts.username)
-    if parts.password:
-        result["password"] = unquote(parts.password)
-    dbname = unquote(parts.path.lstrip("/"))
-    if "/" in dbname:
-        raise ConfigError(f"{what} does not parse: the database name holds a '/'.", expected)
-    if dbname:
-        result["dbname"] = dbname
-    params = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "password":
-            result["password"] = value
-        elif key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "options"):
-            params.append((key, value))
-        else:
-            raise ConfigError(
-                f"{what} has an unsupported parameter {key!r}.",
-                "Supported: sslmode, sslrootcert, sslcert, sslkey, application_name, options.",
-            )
-    result["params"] = tuple(params)
-    return result
-
-
-def _port(value: str, what: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ConfigError(
-            f"{what} must be a port number, not {value!r}.", "Use a number such as 5432."
-        ) from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"{what} must be between 1 and 65535, not {port}.")
-    return port
-
-
-def _target_env_key(name: str) -> str:
-    return "PGRUNBOOK_TARGET_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
-
-
-def configured_target_names(values: Mapping[str, str]) -> list[str]:
-    default = values.get("PGRUNBOOK_DEFAULT_TARGET", "production")
-    names = {default, *BUILTIN_TARGETS}
-    for key in values:
-        m = re.match(r"^PGRUNBOOK_TARGET_([A-Z0-9_]+)$", key)
-        if m and not key.endswith("_PASSWORD"):
-            names.add(m.group(1).lower())
-    return sorted(names)
-
-
-def _build_target(name: str, values: Mapping[str, str], production: frozenset[str]) -> Target:
-    default_name = values.get("PGRUNBOOK_DEFAULT_TARGET", "production").strip() or "production"
-    if name == default_name:
-        parts: dict[str, object] = {}
-        source = "SUPABASE_DB_* variables"
-        if values.get("DATABASE_URL"):
-            parts = parse_database_url(values["DATABASE_URL"], "DATABASE_URL")
-            source = "DATABASE_URL"
-        if values.get("SUPABASE_DB_HOST"):
-            parts["host"] = values["SUPABASE_DB_HOST"]
-        if values.get("SUPABASE_DB_PORT"):
-            parts["port"] = _port(values["SUPABASE_DB_PORT"], "SUPABASE_DB_PORT")
-        if values.get("SUPABASE_DB_NAME"):
-            parts["dbname"] = values["SUPABASE_DB_NAME"]
-        if values.get("SUPABASE_DB_USER"):
-            parts["user"] = values["SUPABASE_DB_USER"]
-        if values.get("SUPABASE_DB_PASSWORD"):
-            parts["password"] = values["SUPABASE_DB_PASSWORD"]
-        if not parts.get("host"):
-            raise ConfigError(
-                f"target {name!r} has no database host.",
-                "Set SUPABASE_DB_HOST (or DATABASE_URL) in .env.deployment or the environment.",
-            )
-    else:
-        key = _target_env_key(name)
-        url = values.get(key) or BUILTIN_TARGETS.get(name)
-        if not url:
-            if name in WELL_KNOWN_TARGETS:
-                raise ConfigError(
-                    f"target {name!r} is not configured.",
-                    f"Set {key}=postgresql://user@host:port/database in .env.deployment.",
-                )
-            known = ", ".join(configured_target_names(values))
-            raise ConfigError(f"unknown target {name!r}.", f"Known targets: {known}.")
-        parts = parse_database_url(url, key)
-        source = key if values.get(key) else "built-in default"
-        if values.get(key + "_PASSWORD"):
-            parts["password"] = values[key + "_PASSWORD"]
-    password = parts.get("password")
-    params = parts.get("params", ())
-    assert isinstance(params, tuple)
-    return Target(
-        name=name,
-        host=str(parts["host"]),
-        port=int(str(parts.get("port", 5432))),
-        dbname=str(parts.get("dbname", "postgres")),
-        user=str(parts.get("user", "postgres")),
-        password=Secret(str(password)) if password else None,
-        production=name in production,
-        params=params,
-        source=source,
-    )
+def _truthy(text: str | None) -> bool:
+    return (text or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def load_settings(
@@ -373,9 +217,13 @@ def load_settings(
     target: str | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    *,
+    ignore_environment: bool = False,
 ) -> Settings:
     """Build the settings. The process environment wins over the file, as the SOP's
-    `export SUPABASE_DB_HOST=...` overrides expect."""
+    `export SUPABASE_DB_HOST=...` overrides expect, unless the file says it is the whole truth
+    (`PGRUNBOOK_IGNORE_ENVIRONMENT=true`) or the caller does (`ignore_environment`: the demo).
+    When the environment moves the file's target to another endpoint, a warning says so."""
     env = dict(os.environ if environ is None else environ)
     cwd = cwd or Path.cwd()
     warnings: list[str] = []
@@ -391,29 +239,33 @@ def load_settings(
             path = None
     file_values: dict[str, str] = {}
     if path is not None:
-        file_values = read_env_file(path)
+        for key, value in read_env_file(path).items():
+            if _spec_for(key) is not None:
+                file_values[key] = value
+            elif key.startswith(("PGRUNBOOK_", "SUPABASE_DB_", "BACKUP_")):
+                warnings.append(f"{path}: {key} is not a pgrunbook setting and is ignored.")
         warning = _permission_warning(path)
         if warning:
             warnings.append(warning)
-        for key in file_values:
-            if _spec_for(key) is None and key.startswith(("PGRUNBOOK_", "SUPABASE_DB_", "BACKUP_")):
-                warnings.append(f"{path}: {key} is not a pgrunbook setting and is ignored.")
-    values: dict[str, str] = {}
-    for source in (file_values, env):
-        for key, value in source.items():
-            if _spec_for(key) is not None:
-                values[key] = value
+    env_values = {k: v for k, v in env.items() if _spec_for(k) is not None}
+    if path is not None and (ignore_environment
+                             or _truthy(file_values.get("PGRUNBOOK_IGNORE_ENVIRONMENT"))):
+        ignored = sorted(k for k, v in env_values.items()
+                         if k != "PGRUNBOOK_ENV_FILE" and file_values.get(k) != v)
+        if ignored:
+            warnings.append(f"{path.name} is the whole truth: ignoring {', '.join(ignored)} "
+                            "from the environment.")
+        env_values = {}
+    values = {**file_values, **env_values}
 
-    production = frozenset(
-        n.strip().lower()
-        for n in values.get("PGRUNBOOK_PRODUCTION_TARGETS", "production").split(",")
-        if n.strip()
-    )
-    default_name = values.get("PGRUNBOOK_DEFAULT_TARGET", "production").strip() or "production"
-    name = (target or default_name).strip().lower()
+    name = (target or default_target_name(values)).strip().lower()
     if not re.fullmatch(r"[a-z0-9_][a-z0-9_-]*", name):
         raise ConfigError(f"target name {name!r} is not valid.", "Use letters, digits, - and _.")
-    tgt = _build_target(name, values, production)
+    tgt = resolve_target(name, values, file_values=file_values if path is not None else None,
+                         env_values=env_values, env_file=path)
+    if tgt.overridden:
+        warnings.append(tgt.overridden)
+    production = production_names(values)
 
     backup_dir = Path(values.get("BACKUP_DIR", "backups")).expanduser()
     if not backup_dir.is_absolute():

@@ -20,11 +20,12 @@ if TYPE_CHECKING:
 
 def target_banner(app: PgRunbookApp) -> Static:
     t = app.settings.target
+    moved = "  (endpoint from the environment)" if t.overridden else ""
     if t.production:
-        text = (f" PRODUCTION  {t.name}  {t.host}:{t.port}/{t.dbname}  "
+        text = (f" PRODUCTION  {t.name}  {t.host}:{t.port}/{t.dbname}{moved}  "
                 "— changes here affect live users ")
         return Static(text, id="banner", classes="production")
-    return Static(f" target {t.name}  {t.host}:{t.port}/{t.dbname} ", id="banner")
+    return Static(f" target {t.name}  {t.host}:{t.port}/{t.dbname}{moved} ", id="banner")
 
 
 def s3_line(entries: list[BackupEntry], where: str | None, error: str | None) -> str:

@@ -329,7 +329,8 @@ class RunnerScreen(Screen[None]):
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         t = app.settings.target
         answer = await self.app.push_screen_wait(AskText(
-            "Confirm the target", f"Type the database name of {t.name} ({t.host}) to confirm:",
+            "Confirm the target",
+            f"Type the database name of {t.name} ({t.describe()}) to confirm:",
             must_equal=t.dbname, danger=t.production, placeholder="database name"))
         if answer != t.dbname:
             raise PgRunbookError("not confirmed", "Run the step again to confirm.")
