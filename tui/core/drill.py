@@ -26,7 +26,7 @@ from tui.core.errors import OperationFailed, PgRunbookError
 from tui.core.events import Emit, Notice, PhaseStarted, ignore
 from tui.core.fsutil import atomic_write_bytes, ensure_private_dir
 from tui.core.metadata import read_meta, write_meta
-from tui.core.pgtools import connect
+from tui.core.pgtools import connect, server_binaries
 from tui.core.restore import RestoreRequest, RestoreResult, resolve_backup, run_restore
 from tui.core.settings import Settings, Target
 from tui.core.verify import VerifyReport
@@ -92,13 +92,16 @@ async def _drill_throwaway(settings: Settings, entry: Any, jobs: int | None,
                            emit: Emit) -> tuple[RestoreResult, str, str]:
     source_major = int(str(entry.meta.get("server_version_num", 0))) // 10000 or None
     emit(PhaseStarted("starting", "a throwaway PostgreSQL for the drill"))
-    cluster = ThrowawayCluster(major=source_major)
     try:
+        # PG_BIN_DIR, the client tools' directories and Debian's layout.
+        _major, bindir = server_binaries(source_major, settings.pg_bin_dir)
+        cluster = ThrowawayCluster(bindir=bindir)
         await asyncio.to_thread(cluster.start)
     except PgRunbookError as exc:
         raise OperationFailed(
             f"cannot start a PostgreSQL {source_major or ''} server for the drill: {exc.message}",
-            f"Install postgresql-{source_major} on this machine, or drill with --target NAME.",
+            f"Install postgresql-{source_major}, set PG_BIN_DIR to a directory with a PostgreSQL "
+            f"{source_major}+ server, or drill with --target NAME.",
         ) from None
     try:
         target = Target(name="drill", host=cluster.host, port=cluster.port,

@@ -8,6 +8,7 @@ psycopg connections, and turns libpq's failures into one plain line with the nex
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import re
@@ -106,29 +107,107 @@ def find_tool(name: str, settings: Settings, need_major: int, why: str) -> PgToo
     )
 
 
-def server_binaries(min_major: int | None = None) -> tuple[int, Path]:
-    """The newest PostgreSQL server installation (initdb, pg_ctl, postgres) on this machine."""
-    found: list[tuple[int, Path]] = []
+def supports_zstd(pg_dump: PgTool) -> bool:
+    """Whether this pg_dump can write zstd-compressed archives itself (`--compress=zstd`).
+
+    PostgreSQL 16+ has the option, but a build without libzstd (such as the PostgreSQL wheels on
+    PyPI) rejects it: `invalid compression specification: this build does not support
+    compression with ZSTD`. pg_dump checks the option before it connects, so the probe points it
+    at a socket directory that does not exist and reads which error comes first. Cached per
+    binary (path, size, modification time).
+    """
+    if pg_dump.major < 16:
+        return False
+    try:
+        st = pg_dump.path.resolve().stat()
+    except OSError:
+        return False
+    return _probe_zstd(str(pg_dump.path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _probe_zstd(path: str, _size: int, _mtime_ns: int) -> bool:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGCONNECT_TIMEOUT"] = "1"
+    with tempfile.TemporaryDirectory(prefix="pgrunbook-probe-") as tmp:
+        nowhere = str(Path(tmp) / "no-server-here")
+        try:
+            proc = subprocess.run(
+                [path, "--compress=zstd:1", "--format=custom", "--no-password",
+                 f"--file={Path(tmp) / 'probe.dump'}", "--host", nowhere, "--port", "1",
+                 "--dbname", "probe"],
+                capture_output=True, text=True, timeout=10, check=False, env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    err = proc.stderr.lower()
+    # Past the option check it tries to connect and fails on the missing socket.
+    return "compression" not in err and ("connect" in err or "socket" in err)
+
+
+def _has_server(bindir: Path) -> bool:
+    return all((bindir / n).is_file() and os.access(bindir / n, os.X_OK)
+               for n in ("initdb", "pg_ctl", "postgres"))
+
+
+def server_binaries(min_major: int | None = None,
+                    pg_bin_dir: Path | None = None) -> tuple[int, Path]:
+    """A PostgreSQL server installation (initdb, pg_ctl, postgres) on this machine.
+
+    Looks in `pg_bin_dir` (PG_BIN_DIR), beside the pg_dump and pg_restore that would be used,
+    in /usr/lib/postgresql/*/bin and beside an initdb on PATH. A server in `pg_bin_dir` that is
+    new enough wins; otherwise the newest one found.
+    """
+    found: dict[Path, tuple[int, Path]] = {}
+
+    def consider(bindir: Path, major: int | None = None) -> None:
+        try:
+            real = bindir.resolve()
+        except OSError:
+            return
+        if real in found or not _has_server(real):
+            return
+        if major is None:
+            v = tool_version(real / "postgres")
+            if v is None:
+                return
+            major = v[0]
+        found[real] = (major, bindir)
+
+    preferred: Path | None = None
+    if pg_bin_dir is not None:
+        consider(pg_bin_dir)
+        with contextlib.suppress(OSError):
+            if pg_bin_dir.resolve() in found:
+                preferred = pg_bin_dir.resolve()
     for bindir in glob.glob("/usr/lib/postgresql/*/bin"):
         p = Path(bindir)
-        if (p / "initdb").exists() and (p / "pg_ctl").exists() and (p / "postgres").exists():
-            digits = re.sub(r"\D", "", p.parent.name)
-            if digits:
-                found.append((int(digits), p))
+        digits = re.sub(r"\D", "", p.parent.name)
+        if digits:
+            consider(p, int(digits))
+    for name in ("pg_dump", "pg_restore"):
+        for tool in find_candidates(name, pg_bin_dir):
+            consider(tool.path.resolve().parent)
     initdb = shutil.which("initdb")
-    if initdb and not found:
-        real = Path(initdb).resolve().parent
-        v = tool_version(real / "initdb")
-        if v and (real / "pg_ctl").exists() and (real / "postgres").exists():
-            found.append((v[0], real))
-    found = [f for f in found if min_major is None or f[0] >= min_major]
-    if not found:
+    if initdb:
+        consider(Path(initdb).resolve().parent)
+
+    def fits(entry: tuple[int, Path]) -> bool:
+        return min_major is None or entry[0] >= min_major
+
+    if preferred is not None and fits(found[preferred]):
+        return found[preferred]
+    fitting = [f for f in found.values() if fits(f)]
+    if not fitting:
         need = f" {min_major} or newer" if min_major else ""
+        have = ", ".join(f"{m} in {d}" for m, d in sorted(found.values())) or "none"
         raise ConfigError(
-            f"no PostgreSQL server{need} is installed on this machine (initdb, pg_ctl, postgres).",
-            f"Install one: apt install postgresql-{min_major or 15}.",
+            f"no PostgreSQL server{need} was found on this machine (found: {have}).",
+            f"Install one (apt install postgresql-{min_major or 15}) or set PG_BIN_DIR to a "
+            f"directory with its initdb, pg_ctl and postgres.",
         )
-    return max(found)
+    return max(fitting)
 
 
 # -- credentials -----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ operations and record the outcome here.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.resources
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -35,7 +37,19 @@ KIND_KEYS: dict[str, dict[str, type]] = {
 }
 REQUIRED_KIND_KEYS = {"checklist": ("items",), "command": ("command",)}
 ITEM_KEYS: dict[str, type] = {"text": str, "required": bool}
-BUNDLED_DIR = Path(__file__).resolve().parents[2] / "runbooks"
+
+
+def _bundled_dir() -> Path:
+    """The bundled runbooks: package data `tui/runbooks` in an installed wheel (setup.py copies
+    them there), else the top-level `runbooks/` of the checkout (an editable install)."""
+    with contextlib.suppress(ModuleNotFoundError, TypeError):
+        installed = importlib.resources.files("tui") / "runbooks"
+        if installed.is_dir():
+            return Path(str(installed))
+    return Path(__file__).resolve().parents[2] / "runbooks"
+
+
+BUNDLED_DIR = _bundled_dir()
 
 
 @dataclass(frozen=True)
