@@ -206,3 +206,40 @@ def restore_bare(server: Server, archive: Path, tmp_path: Path) -> str:
         capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     return scratch
+
+
+# -- A Supabase-shaped cluster: the operator is `postgres`, not a superuser (tests/supabase_shape.py)
+from tests.supabase_shape import SupabaseServer, create_template, start_cluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def supabase_server() -> Iterator[SupabaseServer]:
+    """A cluster bootstrapped as superuser `supabase_admin`, with Supabase's cluster roles;
+    `.password` is the `postgres` login's; `.connect(db, user="supabase_admin")` to check."""
+    server = start_cluster(PASSWORD)
+    try:
+        yield server
+    finally:
+        server.cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def supabase_project_template(supabase_server: SupabaseServer) -> str:
+    return create_template(supabase_server)
+
+
+@pytest.fixture
+def supabase_project_db(supabase_server: SupabaseServer, supabase_project_template: str) -> Iterator[str]:
+    """A fresh project database, created by supabase_admin and owned by `postgres`."""
+    name = supabase_server.create_db(template=supabase_project_template)
+    yield name
+    supabase_server.drop_db(name)
+
+
+@pytest.fixture
+def supabase_workspace(tmp_path: Path, supabase_server: SupabaseServer,
+                       supabase_project_db: str) -> Workspace:
+    """A workspace whose `.env.deployment` logs in as `postgres` to a fresh project database."""
+    ws = Workspace(tmp_path, supabase_server, supabase_project_db)  # type: ignore[arg-type]
+    ws.write_env()
+    return ws
