@@ -197,5 +197,9 @@ def write_report(settings: Settings, meta: dict[str, Any], result: RestoreResult
             diff = "" if r.difference is None else f"{r.difference:+,}"
             lines.append(f"| {r.schema}.{r.table} | {r.expected:,} | {actual} | {diff} | "
                          f"{r.status} |")
+        if v.differences is not None:  # grants, RLS, sequences... (tui.core.appstate)
+            lines += ["", f"## Application state ({len(v.failures)} failures, "
+                          f"{len(v.warnings)} warnings)", ""]
+            lines += [f"- {d.describe()}" for d in v.failures + v.warnings] or ["- all present"]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return path

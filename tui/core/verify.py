@@ -1,5 +1,7 @@
 """Post-restore verification: exact row counts on the target compared with the counts the backup
-recorded in its own snapshot, plus tables per schema and the SOP's key tables."""
+recorded in its own snapshot, plus tables per schema and the SOP's key tables, and (when the
+backup recorded it) the application state of `tui.core.appstate`: grants, RLS, policies,
+sequences, extensions, publications, event triggers."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tui.core.appstate import AppDifference, verify_app_state
 from tui.core.archive import TocEntry
 from tui.core.events import Emit, PhaseStarted, TableChecked, ignore
 from tui.core.pgtools import connect
@@ -48,10 +51,20 @@ class VerifyReport:
     tables_per_schema: dict[str, dict[str, int]] = field(default_factory=dict)
     key_tables: list[CountRow] = field(default_factory=list)
     seconds: float = 0.0
+    # None: the backup recorded no application state (older metadata), so none was compared.
+    differences: list[AppDifference] | None = None
 
     @property
     def passed(self) -> bool:
-        return all(r.status == "ok" for r in self.rows)
+        return all(r.status == "ok" for r in self.rows) and not self.failures
+
+    @property
+    def failures(self) -> list[AppDifference]:
+        return [d for d in self.differences or [] if d.severity == "fail"]
+
+    @property
+    def warnings(self) -> list[AppDifference]:
+        return [d for d in self.differences or [] if d.severity != "fail"]
 
     @property
     def mismatches(self) -> list[CountRow]:
@@ -73,6 +86,10 @@ class VerifyReport:
             ],
             "tables_per_schema": self.tables_per_schema,
             "key_tables": [{**asdict(r), "status": r.status} for r in self.key_tables],
+            "app_state": None if self.differences is None else {
+                "failures": [d.as_json() for d in self.failures],
+                "warnings": [d.as_json() for d in self.warnings],
+            },
         }
 
 
@@ -91,19 +108,22 @@ def verify_counts(
     jobs: int = 4,
     emit: Emit = ignore,
     analyze: bool = True,
+    app_schemas: set[str] | None = None,
 ) -> VerifyReport:
     """Compare the target's exact counts with the backup's, using `jobs` connections at once.
 
     With `analyze`, every restored table is also ANALYZEd (pg_restore leaves no statistics).
     The counts and the ANALYZEs are separate tasks taken largest table first by whichever
     connection is free, so the work spreads over the connections however uneven the tables
-    are."""
+    are. `app_schemas`: the schemas the restore restored, where the application state is
+    compared (None: all)."""
     return TableVerifier(settings, meta, target=target, dbname=dbname, jobs=jobs,
-                         analyze=analyze, emit=emit).finish()
+                         analyze=analyze, emit=emit, app_schemas=app_schemas).finish()
 
 
 def build_report(settings: Settings, meta: dict[str, Any], target: Target, dbname: str,
-                 actual: dict[tuple[str, str], int | None], started: float) -> VerifyReport:
+                 actual: dict[tuple[str, str], int | None], started: float,
+                 app_schemas: set[str] | None = None) -> VerifyReport:
     expected = {(str(t["schema"]), str(t["name"])): int(t["rows"]) for t in meta["tables"]}
     rows = [CountRow(s, t, expected[(s, t)], actual.get((s, t))) for s, t in sorted(expected)]
     per_schema_expected = Counter(s for s, _ in expected)
@@ -112,10 +132,13 @@ def build_report(settings: Settings, meta: dict[str, Any], target: Target, dbnam
             "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
             " AND n.nspname NOT LIKE 'pg\\_toast%'").fetchall())
+        differences = verify_app_state(meta, conn, app_schemas)
     tables_per_schema = {
         schema: {"expected": per_schema_expected.get(schema, 0),
                  "actual": restored.get(schema, 0)}
-        for schema in sorted(set(per_schema_expected) | set(restored))
+        # Schemas the restore did not touch (Supabase's auth, kept by the target) are not shown.
+        for schema in sorted(set(per_schema_expected) | (
+            set(restored) if app_schemas is None else set(restored) & app_schemas))
     }
     key = [r for r in rows if (r.schema, r.table) in KEY_TABLES]
     return VerifyReport(
@@ -125,6 +148,7 @@ def build_report(settings: Settings, meta: dict[str, Any], target: Target, dbnam
         tables_per_schema=tables_per_schema,
         key_tables=key,
         seconds=time.monotonic() - started,
+        differences=differences,
     )
 
 
@@ -145,8 +169,10 @@ def run_verify(settings: Settings, meta: dict[str, Any], *, jobs: int = 4, emit:
         raise
     differing = [f"{r.schema}.{r.table}" for r in report.mismatches]
     record.finish("ok" if report.passed else "verify-failed",
-                  None if report.passed else f"{len(differing)} tables differ",
-                  backup=meta.get("name"), tables=len(report.rows), differing=differing[:50])
+                  None if report.passed else f"{len(differing)} tables differ, "
+                  f"{len(report.failures)} application state failures",
+                  backup=meta.get("name"), tables=len(report.rows), differing=differing[:50],
+                  app_failures=[d.detail for d in report.failures][:50])
     return report
 
 
@@ -226,8 +252,10 @@ class TableVerifier:
     def __init__(self, settings: Settings, meta: dict[str, Any],
                  blockers: dict[tuple[str, str], set[int]] | None = None, *,
                  target: Target | None = None, dbname: str | None = None, jobs: int = 4,
-                 analyze: bool = True, emit: Emit = ignore) -> None:
+                 analyze: bool = True, emit: Emit = ignore,
+                 app_schemas: set[str] | None = None) -> None:
         self.settings = settings
+        self.app_schemas = app_schemas
         self.meta = meta
         self.target = target or settings.target
         self.dbname = dbname or self.target.dbname
@@ -374,7 +402,7 @@ class TableVerifier:
         finally:
             self.close()
         return build_report(self.settings, self.meta, self.target, self.dbname, self.actual,
-                            started)
+                            started, self.app_schemas)
 
     def abort(self) -> None:
         """The restore failed or was interrupted: stop at once (running queries cancelled)."""
