@@ -67,7 +67,9 @@ def test_restore_latest_after_damage_brings_back_exact_counts_and_schema(
                                                                        "budgets")]})
     proc = ws.run("restore", "latest", "--yes", "--reason", "test: damage")
     assert proc.returncode == 0, proc.stderr
-    assert "VERIFICATION PASS" in proc.stdout and "To undo this restore" in proc.stdout
+    # A restore whose verification passed offers no undo, only the safety backup's name.
+    assert "VERIFICATION PASS" in proc.stdout and "To undo this restore" not in proc.stdout
+    assert "_emergency_pre_rollback holds the state before this restore" in proc.stdout
     assert _counts(server, dbname, meta) == _expected(meta)
     # The verification ANALYZEd every restored table that holds rows (pg_restore does not).
     with server.connect(dbname) as conn:
@@ -533,8 +535,9 @@ def test_restore_progress_counts_each_item_once(workspace: Workspace, jobs: int)
 
     archive = next(workspace.backup_dir.glob("*.backup"))
     toc = read_toc(archive, find_tool("pg_restore", settings, 15, "test").path)
+    # Grants are restored too (--owners auto keeps privileges).
     ids = {e.dump_id for e in toc.entries if e.desc not in (
-        "ACL", "DEFAULT ACL", "ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE")}
+        "ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE")}
     assert len(ids) == total
     counter = ItemProgress(ids)
     reported: set[int] = set()

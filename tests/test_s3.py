@@ -66,8 +66,11 @@ def test_backups_land_in_the_sops_layout(workspace: Workspace, moto_port: int,
     out = json.loads(workspace.run("backup", "--json", check=True).stdout)
     stamp = out["name"][:15]
     assert keys(moto_port, bucket) == [f"backups/{stamp}/database.backup",
-                                       f"backups/{stamp}/metadata.json"]
+                                       f"backups/{stamp}/metadata.json",
+                                       f"backups/{stamp}/roles.sql"]
     c = client(moto_port)
+    roles = c.get_object(Bucket=bucket, Key=f"backups/{stamp}/roles.sql")["Body"].read()
+    assert roles == (Path(out["path"] + ".roles.sql")).read_bytes()
     body = c.get_object(Bucket=bucket, Key=f"backups/{stamp}/database.backup")["Body"].read()
     local_meta = json.loads(Path(out["meta_path"]).read_text())
     remote_meta = json.loads(c.get_object(Bucket=bucket,
@@ -92,8 +95,11 @@ def test_round_trip_from_s3_after_the_local_copy_is_gone(workspace: Workspace, s
     s3_env(workspace, bucket, f"http://127.0.0.1:{moto_port}")
     out = json.loads(workspace.run("backup", "--json", check=True).stdout)
     meta = json.loads(Path(out["meta_path"]).read_text())
+    roles = Path(out["path"] + ".roles.sql")
+    kept = roles.read_bytes()
     Path(out["path"]).unlink()
     Path(out["meta_path"]).unlink()
+    roles.unlink()
     with server.connect(workspace.dbname) as conn:
         conn.execute("DELETE FROM public.film_actor WHERE actor_id < 50")
     listing = json.loads(workspace.run("list", "--json", check=True).stdout)
@@ -101,6 +107,7 @@ def test_round_trip_from_s3_after_the_local_copy_is_gone(workspace: Workspace, s
     proc = workspace.run("restore", f"backups/{out['name'][:15]}/database.backup", "--yes")
     assert proc.returncode == 0, proc.stderr
     assert "VERIFICATION PASS" in proc.stdout and "downloaded" in proc.stderr
+    assert roles.read_bytes() == kept and oct(roles.stat().st_mode & 0o777) == "0o600"
     counts = server.counts(workspace.dbname, [(t["schema"], t["name"]) for t in meta["tables"]])
     assert counts == {(t["schema"], t["name"]): t["rows"] for t in meta["tables"]}
     # `latest` finds an S3-only backup too.
@@ -206,7 +213,9 @@ def test_when_the_endpoint_stays_down_the_local_backup_is_kept(
     proxy.rules = []
     retry = workspace.run("upload", out["name"])
     assert retry.returncode == 0, retry.stderr
-    assert keys(moto_port, bucket)[-1].endswith("metadata.json")
+    stamp = out["name"][:15]
+    assert keys(moto_port, bucket) == [f"backups/{stamp}/{leaf}" for leaf in (
+        "database.backup", "metadata.json", "roles.sql")]
 
 
 def test_bad_s3_settings_get_one_line_and_exit_2(workspace: Workspace) -> None:

@@ -260,7 +260,9 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _print_verify(report: Any, limit: int = 40) -> None:
+def _print_verify(report: Any, limit: int = 40, restore_failed: bool = False) -> None:
+    """The verification table and its verdict; after a failed restore the verdict is the
+    failure's, so a passing check only says what matched."""
     rows = []
     for r in report.ordered()[:limit]:
         actual = "missing" if r.actual is None else f"{r.actual:,}"
@@ -276,12 +278,28 @@ def _print_verify(report: Any, limit: int = 40) -> None:
         _out("Key tables: " + ", ".join(
             f"{r.schema}.{r.table} {r.actual if r.actual is not None else 'missing'}"
             for r in report.key_tables))
+    # What an application would hit beyond the rows (grants, RLS, sequences...), fails first.
+    for d in report.failures + report.warnings:
+        _out(d.describe())
+    if report.differences is None:
+        _out("Application state (grants, RLS, sequences...): not recorded by this backup.")
     total = sum(r.expected for r in report.rows)
-    if report.passed:
-        _out(f"VERIFICATION PASS: {len(report.rows)} tables, {total:,} rows match the backup.")
+    warned = f" ({len(report.warnings)} warnings)" if report.warnings else ""
+    if report.passed and restore_failed:
+        _out(f"Row counts match the backup in all {len(report.rows)} tables, but the restore "
+             "FAILED: see the errors below.")
+    elif report.passed:
+        _out(f"VERIFICATION PASS: {len(report.rows)} tables, {total:,} rows match the backup"
+             f"{'' if report.differences is None else '; grants, RLS and sequences too'}"
+             f"{warned}.")
+    elif not report.mismatches:
+        _out(f"VERIFICATION FAIL: every row is back, but {len(report.failures)} of the "
+             f"application's grants, policies, sequences... are not{warned}.")
     else:
         _out(f"VERIFICATION FAIL: {len(report.mismatches)} of {len(report.rows)} tables differ "
-             f"from the backup.")
+             f"from the backup"
+             f"{f', and {len(report.failures)} application state failures' if report.failures else ''}"
+             f"{warned}.")
 
 
 def _sub_target(args: argparse.Namespace) -> None:
@@ -322,7 +340,7 @@ def _ask_on_terminal(confirmation: Any) -> Any:
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from tui.core.restore import RestoreRequest, run_restore
+    from tui.core.restore import RestoreFailed, RestoreRequest, run_restore
 
     if not args.backup:
         code = cmd_list(argparse.Namespace(json=False, verify=False), settings)
@@ -343,28 +361,72 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     try:
         result = run_async(lambda: run_restore(
             settings, request, renderer, ask=_ask_on_terminal if interactive else None))
+    except RestoreFailed as exc:
+        renderer._stop_bar()
+        if exc.result is not None and not args.json:
+            _print_restore(exc.result, failed=True)
+        raise
     finally:
         renderer._stop_bar()
     if args.json:
-        _out(json.dumps({
-            "backup": result.backup, "target": t.public(), "safety_backup": result.safety_backup,
-            "safety_note": result.safety_note, "filtered": result.filtered,
-            "restore_seconds": round(result.restore_seconds, 3),
-            "seconds": round(result.seconds, 3), "undo_command": result.undo_command,
-            "verification": result.verify.as_json() if result.verify else None,
-        }, indent=2, ensure_ascii=False))
+        _out(json.dumps(restore_json(result), indent=2, ensure_ascii=False))
     else:
-        _out(f"Restore of {result.backup} into {t.name} finished in {result.restore_seconds:.1f}s")
-        _out(f"  safety backup: {result.safety_backup or result.safety_note}")
-        if result.filtered:
-            _out(f"  left out ({len(result.filtered)}): " + "; ".join(result.filtered))
-        if result.verify is not None:
-            _print_verify(result.verify)
-        if result.undo_command:
-            _out(f"To undo this restore: {result.undo_command}")
-    if result.verify is not None and not result.verify.passed:
+        _print_restore(result)
+    if not result.passed:
         return EXIT_MISMATCH
     return EXIT_OK
+
+
+def restore_json(result: Any) -> dict[str, Any]:
+    return {
+        "backup": result.backup, "target": result.target.public(),
+        "target_kind": result.target_kind, "result": "PASS" if result.passed else "FAIL",
+        "safety_backup": result.safety_backup, "safety_note": result.safety_note,
+        "filtered": result.filtered, "warnings": result.warnings,
+        "not_restored": result.not_restored, "recreated": result.recreated,
+        "gone": result.gone, "restore_seconds": round(result.restore_seconds, 3),
+        "seconds": round(result.seconds, 3),
+        "undo_command": None if result.passed else result.undo_command,
+        "verification": result.verify.as_json() if result.verify else None,
+    }
+
+
+def _print_restore(result: Any, failed: bool = False) -> None:
+    """What a restore did; `failed`: pg_restore's errors fail it (the error says so next)."""
+    t = result.target
+    _out(f"Restore of {result.backup} into {t.name} ({t.describe()}) ran in "
+         f"{result.restore_seconds:.1f}s")
+    _out(f"  safety backup: {result.safety_backup or result.safety_note}")
+    if result.filtered:
+        _out(f"  left out: {len(result.filtered)} entries the target keeps as its own "
+             "(listed above and in the log)")
+    if result.not_restored:
+        _out(f"  data not restored ({len(result.not_restored)} tables the target keeps): "
+             + ", ".join(result.not_restored[:8])
+             + (f" and {len(result.not_restored) - 8} more" if len(result.not_restored) > 8
+                else ""))
+    for text in result.warnings:
+        _out(f"  warning: {text}")
+    for text in result.recreated:
+        _out(f"  recreated: {text}")
+    for text in result.gone:
+        _out(f"  LOST: {text}")
+    if result.verify is not None:
+        _print_verify(result.verify, restore_failed=failed)
+    if failed:
+        return
+    if result.gone:
+        _out(f"RESTORE FAIL: {len(result.gone)} object(s) outside the restored schemas were "
+             "lost (LOST above).")
+    if result.passed:
+        if result.warnings or result.filtered:
+            _out(f"PASS with {len(result.warnings) + len(result.filtered)} warning(s): see "
+                 "above.")
+        if result.safety_backup:
+            _out(f"The safety backup {result.safety_backup} holds the state before this "
+                 "restore.")
+    elif result.undo_command:
+        _out(f"To undo this restore: {result.undo_command}")
 
 
 def last_restored(settings: Settings) -> str | None:

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 import tui
+from tui.core.appstate import collect_for_backup
 from tui.core.archive import Toc, read_toc
 from tui.core.audit import AuditLog, iso, operator_identity
 from tui.core.errors import ConfigError, Interrupted, OperationFailed, PgRunbookError
@@ -45,6 +47,7 @@ from tui.core.events import (
     ignore,
 )
 from tui.core.fsutil import (
+    atomic_write_bytes,
     ensure_private_dir,
     fsync_dir,
     open_private_exclusive,
@@ -52,6 +55,7 @@ from tui.core.fsutil import (
     temp_path_for,
 )
 from tui.core.inventory import last_complete
+from tui.core.locks import LockTable, lock_batches, lock_table
 from tui.core.metadata import (
     ARCHIVE_SUFFIX,
     DEFAULT_LABELS,
@@ -69,7 +73,9 @@ from tui.core.pgtools import (
     libpq_env,
     major_of,
     server_version,
+    supports_zstd,
 )
+from tui.core.roles import RolesUnreadable, dump_roles, roles_path_for
 from tui.core.s3 import S3Config, StreamUpload, s3_config
 from tui.core.settings import Settings, parse_compression
 
@@ -137,15 +143,21 @@ class _Plan:
     level: int
     description: str  # what the metadata says, such as "zstd:3"
     container: str  # "zstd" when the custom-format file is wrapped in zstd, else "custom"
+    fallback: str | None = None  # why the archive is not compressed as asked, for the metadata
 
 
 def _plan_compression(spec: str, pg_dump: PgTool, emit: Emit) -> _Plan:
     method, level = parse_compression(spec)
     if method == "zstd":
-        if pg_dump.major >= 16:
+        if pg_dump.major >= 16 and supports_zstd(pg_dump):
             return _Plan("zstd-native", level, f"zstd:{level}", "custom")
         if shutil.which("zstd"):
-            return _Plan("zstd", level, f"zstd:{level}", "zstd")
+            if pg_dump.major < 16:
+                return _Plan("zstd", level, f"zstd:{level}", "zstd")
+            why = f"pg_dump {pg_dump.version} ({pg_dump.path}) was built without zstd"
+            emit(Notice("info", f"{why}: the archive is compressed by the zstd program instead "
+                                "(a zstd container, which pgrunbook restores as usual)."))
+            return _Plan("zstd", level, f"zstd:{level}", "zstd", fallback=why)
         emit(Notice("warning", "zstd is not installed (apt install zstd): using pg_dump's gzip "
                                 "level 6, which is several times slower."))
         return _Plan("gzip", 6, "gzip:6", "custom")
@@ -219,6 +231,82 @@ def _count(conn: Conn, tables: Sequence[tuple[int, str, str]]) -> dict[int, int]
     return counts
 
 
+class _SnapshotCounter:
+    """Exact row counts in the dump's exported snapshot, in batches that fit the server's lock
+    table: a count locks its table and the table's indexes until the transaction ends, and one
+    transaction counting thousands of tables (beside pg_dump, which locks every table in its
+    own) overflows it. Each batch is a transaction of its own on a second connection that
+    imports the snapshot (SET TRANSACTION SNAPSHOT) and commits; the exporting transaction
+    stays open meanwhile, so every batch sees exactly the data pg_dump writes."""
+
+    def __init__(self, settings: Settings, snapshot: str, locks: LockTable) -> None:
+        self.settings = settings
+        self.snapshot = snapshot
+        self.locks = locks
+        self.conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    def count(self, tables: Sequence[tuple[int, str, str]]) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        if not tables:
+            return counts
+        with self._lock:
+            if self._cancelled:
+                return counts
+            if self.conn is None:
+                self.conn = connect(self.settings.target, self.settings)
+            conn = self.conn
+        indexes: dict[int, int] = {int(str(r[0])): int(str(r[1])) for r in conn.execute(
+            "SELECT indrelid::int8, count(*) FROM pg_index WHERE indrelid = ANY(%s) GROUP BY 1",
+            [[t[0] for t in tables]]).fetchall()}
+        # Locks per table: the table and each of its indexes (the planner opens them all).
+        for batch in lock_batches(tables, lambda t: 1 + int(indexes.get(t[0], 0)),
+                                  self.locks.batch):
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            try:
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                    sql.Literal(self.snapshot)))
+                # The counts share two busy cores with the dump: plain scans, no parallel
+                # workers or JIT compilation, which cost more CPU than they save here.
+                conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+                conn.execute("SET LOCAL jit = off")
+                row = conn.execute(sql.SQL("SELECT ARRAY[{}]::int8[]").format(sql.SQL(", ").join(
+                    sql.SQL("(SELECT count(*) FROM ONLY {}.{})").format(
+                        sql.Identifier(schema), sql.Identifier(name))
+                    for _oid, schema, name in batch))).fetchone()
+                conn.execute("COMMIT")
+            except psycopg.errors.OutOfMemory:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+                raise self.locks.too_small(
+                    "pg_dump", len(tables), f"one per table it dumps, {len(tables):,}, beside "
+                    f"pgrunbook's row counts in batches of {self.locks.batch}") from None
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            assert row is not None
+            for (oid, _schema, _name), n in zip(batch, cast(list[int], row[0]), strict=True):
+                counts[oid] = int(n)
+        return counts
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self.conn is not None:
+                with contextlib.suppress(Exception):
+                    self.conn.cancel_safe()
+
+    def close(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self.conn is not None:
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+                self.conn = None
+
+
 F_SETPIPE_SZ = 1031
 
 
@@ -261,7 +349,8 @@ async def _reap(procs: Sequence[asyncio.subprocess.Process], pgid: int | None) -
         await asyncio.gather(*(p.wait() for p in procs))
 
 
-def _dump_error(stderr: str, settings: Settings, pg_dump: PgTool, code: int) -> PgRunbookError:
+def _dump_error(stderr: str, settings: Settings, pg_dump: PgTool, code: int,
+                locks: LockTable | None = None, tables: int = 0) -> PgRunbookError:
     target = settings.target
     if code < 0:
         try:
@@ -293,6 +382,9 @@ def _dump_error(stderr: str, settings: Settings, pg_dump: PgTool, code: int) -> 
     m = re.search(r"no matching (schemas|tables) were found for pattern \"([^\"]*)\"", stderr)
     if m:
         return ConfigError(f"no {m.group(1)} match the pattern {m.group(2)!r}.", detail=stderr)
+    if locks is not None and "max_locks_per_transaction" in stderr:
+        # The server's own hint (pg_dump's stderr is text: there is no error code to read).
+        return locks.too_small("pg_dump", tables, "one per table it dumps")
     if "lock timeout" in stderr or "could not obtain lock" in stderr:
         return OperationFailed(
             "pg_dump could not get a lock: another session holds an exclusive lock on a table.",
@@ -451,6 +543,7 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         is_superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
                                     ).fetchone()
         expected = _check_space(settings, db_size, plan, emit)
+        locks = lock_table(conn)
 
         # One snapshot for the dump and the counts.
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -465,13 +558,21 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
             t for t in _dumpable_tables(conn)
             if not _excluded(t[1], t[2], request.exclude_schema, request.exclude_table_data)
         ]
+        # Grants, RLS, sequences, publications...: catalog reads in the dump's snapshot, before
+        # the dump starts (it uses `conn` again only after pg_dump has exited).
+        app_state = collect_for_backup(conn)
         emit(PhaseStarted("dumping", f"pg_dump {pg_dump.version}, {plan.description}"))
         upload_box: list[StreamUpload] = []
         with libpq_env(target, settings) as env:
-            size, sha256, toc, counts = await _dump(
-                settings, request, pg_dump, pg_restore, plan, snapshot, env, conn, tables,
-                final, expected, emit, s3, name[:15], upload_box, s3_client,
-            )
+            # The cluster's roles, beside the dump (pg_dumpall is quick; not transactional).
+            roles_task = asyncio.ensure_future(asyncio.to_thread(_read_roles, pg_dump, env))
+            try:
+                size, sha256, toc, counts = await _dump(
+                    settings, request, pg_dump, pg_restore, plan, snapshot, env, conn, tables,
+                    final, expected, emit, s3, name[:15], upload_box, s3_client, locks=locks,
+                )
+            finally:
+                roles_sql, roles_note = await asyncio.shield(roles_task)
         with contextlib.suppress(psycopg.Error):
             conn.execute("ROLLBACK")
     finally:
@@ -500,6 +601,8 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
             "format": "custom",
             "compression": plan.description,
             "container": plan.container,
+            "compressed_by": "pg_dump" if plan.container == "custom" else "zstd program",
+            **({"compression_fallback": plan.fallback} if plan.fallback else {}),
             "archive_version": toc.archive_version,
         },
         "source": target.public(),
@@ -516,9 +619,11 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         },
         "tables": counted,
         "total_rows": sum(counts.values()),
+        "app_state": app_state,
         "operator": operator_identity(),
         "tool": {"name": "pgrunbook", "version": tui.__version__},
     }
+    meta["roles_sql"] = _keep_roles(final, roles_sql, roles_note, emit)
     write_meta(meta_path_for(final), meta)
     s3_key = upload_error = None
     if upload_box:
@@ -526,7 +631,7 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
                                        f"{upload_box[0].key}"))
         try:
             s3_key = await asyncio.to_thread(upload_box[0].finish, size, sha256, request.kind,
-                                             meta)
+                                             meta, roles_sql)
         except PgRunbookError as exc:
             upload_error = exc.message
             emit(Notice("warning", f"backed up locally, upload failed: {upload_error}"))
@@ -537,6 +642,29 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
     return BackupResult(name, final, meta_path_for(final), size, sha256,
                         time.monotonic() - started, len(counted), sum(counts.values()), meta,
                         s3_key, upload_error)
+
+
+def _read_roles(pg_dump: PgTool, env: dict[str, str]) -> tuple[bytes | None, str | None]:
+    """(`pg_dumpall --roles-only --no-role-passwords`, None) or (None, why not)."""
+    pg_dumpall = pg_dump.path.parent / "pg_dumpall"
+    if not pg_dumpall.exists():
+        return None, f"no pg_dumpall beside {pg_dump.path}"
+    try:
+        return dump_roles(pg_dumpall, env).encode(), None
+    except RolesUnreadable as exc:
+        return None, f"pg_dumpall could not read the roles: {exc}"
+
+
+def _keep_roles(final: Path, roles_sql: bytes | None, note: str | None,
+                emit: Emit) -> dict[str, Any]:
+    """Write `<archive>.roles.sql` (0600, atomically) and say what the metadata records."""
+    if roles_sql is None:
+        emit(Notice("warning", f"the cluster's roles are not kept with this backup: {note}"))
+        return {"error": note}
+    path = roles_path_for(final)
+    atomic_write_bytes(path, roles_sql)
+    return {"file": path.name, "size_bytes": len(roles_sql),
+            "sha256": hashlib.sha256(roles_sql).hexdigest()}
 
 
 async def _dump(
@@ -556,6 +684,8 @@ async def _dump(
     stamp: str = "",
     upload_box: list[StreamUpload] | None = None,
     s3_client: Future[Any] | None = None,
+    *,
+    locks: LockTable,
 ) -> tuple[int, str, Toc, dict[int, int]]:
     argv = [str(pg_dump.path), "--format=custom", "--no-password", f"--snapshot={snapshot}",
             f"--dbname={settings.target.dbname}"]
@@ -577,6 +707,7 @@ async def _dump(
     tails: dict[str, deque[str]] = {"pg_dump": deque(maxlen=200), "zstd": deque(maxlen=20)}
     written = 0
     count_task: asyncio.Task[dict[int, int]] | None = None
+    counter = _SnapshotCounter(settings, snapshot, locks)
     published = False
     try:
         # The children write the temp file directly (one copy, no relay through Python); it
@@ -612,7 +743,7 @@ async def _dump(
                 emit(ToolOutput(tool, line))
 
         drains = [asyncio.create_task(drain(t, p)) for t, p in zip(tails, procs, strict=False)]
-        count_task = asyncio.create_task(asyncio.to_thread(_count, conn, tables))
+        count_task = asyncio.create_task(asyncio.to_thread(counter.count, tables))
         if s3 is not None and upload_box is not None:
             # The off-site copy follows the file while it is written (multipart, in parts).
             loop = asyncio.get_running_loop()
@@ -644,7 +775,8 @@ async def _dump(
             err = errno.EFBIG if codes[-1] == -signal.SIGXFSZ else errno.ENOSPC
             raise _write_error(OSError(err, os.strerror(err)), tmp, os.fstat(fd).st_size)
         if codes[0] != 0:
-            raise _dump_error("\n".join(tails["pg_dump"]), settings, pg_dump, codes[0])
+            raise _dump_error("\n".join(tails["pg_dump"]), settings, pg_dump, codes[0],
+                              locks, len(tables))
         if len(codes) > 1 and codes[1] != 0:
             zstd_text = " ".join(tails["zstd"])
             raise OperationFailed(
@@ -683,7 +815,7 @@ async def _dump(
             )
             extra = [(o, *names[o]) for o in sorted(missing) if o in names]
             tables.extend(extra)
-            counts.update(await asyncio.to_thread(_count, conn, extra))
+            counts.update(await asyncio.to_thread(counter.count, extra))
         try:
             publish(tmp, final)
         except FileExistsError:
@@ -703,16 +835,18 @@ async def _dump(
             _kill_group(pgid)
             if procs:
                 await _reap(procs, pgid)
-            if count_task is not None and not count_task.done():
-                # The count runs in a thread on the snapshot connection: cancel its query.
-                with contextlib.suppress(Exception):
-                    conn.cancel_safe()
+            if count_task is not None:
+                if not count_task.done():
+                    # The count runs in a thread on a connection of its own: cancel its query.
+                    counter.cancel()
+                # Awaited whatever its end, so a failure of its own is not left unretrieved.
                 with contextlib.suppress(BaseException):
                     await count_task
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             with contextlib.suppress(OSError):
                 fsync_dir(tmp.parent)
+        await asyncio.to_thread(counter.close)
         os.close(fd)
 
 

@@ -44,6 +44,10 @@ class ToolVersionError(ConfigError):
     """No client tool fits the server (or the archive)."""
 
 
+class DatabaseMissing(OperationFailed):
+    """The server answered, and the database named does not exist on it."""
+
+
 def candidate_dirs(pg_bin_dir: Path | None) -> list[Path]:
     """Where to look: the configured directory alone when set; else PATH and Debian's layout."""
     if pg_bin_dir is not None:
@@ -328,7 +332,7 @@ def connection_error(text: str, target: Target) -> PgRunbookError:
         )
     m = re.search(r'database "([^"]+)" does not exist', text)
     if m:
-        return OperationFailed(
+        return DatabaseMissing(
             f"database {m.group(1)!r} does not exist on {where}.",
             "Check SUPABASE_DB_NAME (or the database in the target's URL).",
             detail=text,

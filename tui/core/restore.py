@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,12 +33,25 @@ from tui.core.backup import BackupRequest, run_backup, secrets_of
 from tui.core.dataoffsets import DataEntry, DataIndexer, NotIndexable
 from tui.core.errors import ConfigError, OperationFailed, PgRunbookError
 from tui.core.events import Emit, Notice, PhaseStarted, Progress, RestoreLine, ignore
-from tui.core.fsutil import ensure_private_dir, publish, temp_path_for
+from tui.core.fsutil import atomic_write_bytes, ensure_private_dir, publish, temp_path_for
 from tui.core.inventory import HASH_CHUNK, BackupEntry, list_backups, load_entry, sha256_file
-from tui.core.locks import take_advisory_lock, target_lock_file
+from tui.core.locks import lock_batches, lock_table, take_advisory_lock, target_lock_file
 from tui.core.metadata import ARCHIVE_SUFFIX, meta_path_for, write_meta
 from tui.core.oplog import OperationLog
-from tui.core.pgtools import PgTool, connect, find_tool, libpq_env
+from tui.core.pgtools import DatabaseMissing, PgTool, connect, find_tool, libpq_env
+from tui.core.restore_errors import ErrorReader, RestoreError, Warned, classify
+from tui.core.restore_scope import (
+    MANAGED_SCHEMAS,
+    EntryName,
+    LeftOut,
+    OutsideDependents,
+    TargetKind,
+    deferred_foreign_keys,
+    detect_kind,
+    names_of,
+    plan_entries,
+)
+from tui.core.roles import create_missing, roles_path_for
 from tui.core.s3 import S3Config, s3_config
 from tui.core.settings import Settings, Target
 from tui.core.verify import (
@@ -51,11 +63,7 @@ from tui.core.verify import (
     verify_counts,
 )
 
-SUPABASE_MANAGED_SCHEMAS = frozenset({
-    "auth", "storage", "realtime", "extensions", "graphql", "graphql_public", "vault",
-    "pgsodium", "pgsodium_masks", "cron", "supabase_functions", "supabase_migrations", "net",
-    "pgbouncer", "_realtime", "_analytics", "pg_net",
-})
+SUPABASE_MANAGED_SCHEMAS = MANAGED_SCHEMAS
 MAX_DEFAULT_JOBS = 8
 
 
@@ -98,9 +106,31 @@ class RestoreResult:
     safety_note: str
     seconds: float
     restore_seconds: float
-    filtered: list[str] = field(default_factory=list)
+    filtered: list[str] = field(default_factory=list)  # entries left out, with why
     verify: VerifyReport | None = None
     undo_command: str | None = None
+    target_kind: str = "superuser"
+    # pg_restore's errors known to be harmless on this kind of target, as warnings.
+    warnings: list[str] = field(default_factory=list)
+    not_restored: list[str] = field(default_factory=list)  # tables whose data was left out
+    recreated: list[str] = field(default_factory=list)  # outside objects put back
+    gone: list[str] = field(default_factory=list)  # outside objects the restore lost
+
+    @property
+    def passed(self) -> bool:
+        """The verdict: the verification passed and nothing outside the restore was lost."""
+        return (self.verify is None or self.verify.passed) and not self.gone
+
+
+class SessionsConnected(OperationFailed):
+    """Other sessions use the target database and ending them was not asked for."""
+
+
+class RestoreFailed(OperationFailed):
+    """pg_restore reported errors that are not known to be harmless; `result` holds the
+    verification that still ran after it."""
+
+    result: RestoreResult | None = None
 
 
 def default_jobs() -> int:
@@ -207,6 +237,7 @@ def fetch_from_s3(settings: Settings, s3: S3Config, stamp: str, emit: Emit) -> B
                 "Use another backup, and check the bucket (pgrunbook list).",
             )
         publish(tmp, final)
+        _fetch_roles(client, s3, stamp, final, meta, emit)
         write_meta(meta_path_for(final), meta)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -218,6 +249,28 @@ def fetch_from_s3(settings: Settings, s3: S3Config, stamp: str, emit: Emit) -> B
     record.finish("ok", None, backup=name, sha256=meta["archive"]["sha256"])
     emit(Notice("info", f"downloaded {name} from S3 and verified its checksum."))
     return load_entry(final)
+
+
+def _fetch_roles(client: Any, s3: S3Config, stamp: str, final: Path, meta: dict[str, Any],
+                 emit: Emit) -> None:
+    """The backup's roles.sql beside the downloaded archive, checked against the metadata; a
+    backup without one (or whose copy is unreadable) restores all the same."""
+    from tui.core.s3 import ROLES_KEY, describe_error
+
+    want = (meta.get("roles_sql") or {}).get("sha256")
+    if not want:
+        return
+    try:
+        data = client.get_object(Bucket=s3.bucket, Key=s3.key_for(stamp, ROLES_KEY))["Body"].read()
+    except Exception as exc:
+        emit(Notice("warning", f"roles.sql of {stamp} not fetched ({describe_error(exc)}): "
+                               "a drill creates the roles without their attributes."))
+        return
+    if hashlib.sha256(data).hexdigest() != want:
+        emit(Notice("warning", f"roles.sql of {stamp} in S3 does not match its checksum; "
+                               "not kept."))
+        return
+    atomic_write_bytes(roles_path_for(final), data)
 
 
 def sha256_matches(entry: BackupEntry, emit: Emit = ignore) -> bool:
@@ -298,34 +351,16 @@ def _describe_sessions(rows: list[tuple[Any, ...]]) -> str:
     ) + (f"; and {len(rows) - 5} more" if len(rows) > 5 else "")
 
 
-def _owners_flags(request: RestoreRequest, target: Target) -> list[str]:
-    drop = request.owners == "drop" or (request.owners == "auto" and not target.production)
-    if request.create_roles:
-        drop = False
-    return ["--no-owner", "--no-privileges"] if drop else []
-
-
-def _toc_schema(entry: TocEntry) -> tuple[str, str]:
-    """(schema, name) of an entry, as far as pg_restore's text shows them."""
-    rest = entry.text[len(entry.desc):].strip().split(" ")
-    schema = rest[0] if rest else "-"
-    name = rest[1] if len(rest) > 1 else ""
-    return schema, name
-
-
-def filter_entries(toc: Toc, *, superuser: bool, app_schemas_only: bool) -> list[TocEntry]:
-    """Entries the target cannot accept, to be left out with a --use-list file (and reported)."""
-    skipped = []
-    for e in toc.entries:
-        schema, name = _toc_schema(e)
-        extension_comment = e.desc == "COMMENT" and e.text.startswith("COMMENT - EXTENSION")
-        superuser_only = e.desc == "EVENT TRIGGER" or extension_comment
-        managed = (schema in SUPABASE_MANAGED_SCHEMAS
-                   or (e.desc == "SCHEMA" and name in SUPABASE_MANAGED_SCHEMAS)
-                   or e.desc == "EXTENSION" or extension_comment)
-        if (not superuser and superuser_only) or (app_schemas_only and managed):
-            skipped.append(e)
-    return skipped
+def _owners_flags(request: RestoreRequest, target: Target, kind: TargetKind) -> list[str]:
+    """keep: owners and grants as the archive has them; drop: neither (--no-owner
+    --no-privileges); auto: objects become the operator's (--no-owner) unless a superuser
+    restores a production target, and grants are always restored, so the API roles'
+    privileges come back (a grant to a role the target lacks is a listed warning)."""
+    if request.create_roles or request.owners == "keep":
+        return []
+    if request.owners == "drop":
+        return ["--no-owner", "--no-privileges"]
+    return [] if kind.superuser and target.production else ["--no-owner"]
 
 
 HEADER_DESCS = ("ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE")
@@ -384,8 +419,9 @@ def explain_restore_errors(errors: list[str]) -> str:
     text = "\n".join(errors)
     m = re.search(r'role "([^"]+)" does not exist', text)
     if m:
-        return (f"The archive names role {m.group(1)!r}, which the target lacks: restore with "
-                "--owners drop, or create the role first.")
+        return (f"The archive names role {m.group(1)!r}, which the target lacks (a grant to it "
+                "also loses the object's other grants): create the role on the target first, "
+                "or restore with --owners drop.")
     if "must be owner of" in text or "must be able to SET ROLE" in text:
         return ("The target user may not take over these objects: restore with --owners drop, "
                 "or restore as the objects' owner.")
@@ -452,11 +488,16 @@ async def run_restore(
         raise
     finally:
         log.close()
-    verdict = "ok" if result.verify is None or result.verify.passed else "verify-failed"
-    record.finish(verdict, None if verdict == "ok" else "row counts differ after the restore",
+    verdict = "ok" if result.passed else "verify-failed"
+    record.finish(verdict, None if verdict == "ok" else
+                  "row counts differ after the restore" if result.verify is not None
+                  and not result.verify.passed else "objects outside the restore were lost",
                   backup=result.backup, safety_backup=result.safety_backup,
                   safety_note=result.safety_note, filtered=result.filtered,
-                  restore_seconds=round(result.restore_seconds, 3), log=str(log.path))
+                  target_kind=result.target_kind, warnings=result.warnings,
+                  not_restored=result.not_restored, recreated=result.recreated,
+                  gone=result.gone, restore_seconds=round(result.restore_seconds, 3),
+                  log=str(log.path))
     return result
 
 
@@ -495,17 +536,15 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
     missing_db = False
     try:
         conn = await asyncio.to_thread(connect, target, settings)
-    except OperationFailed as exc:
-        if "does not exist" not in exc.message or target.dbname == "postgres":
+    except DatabaseMissing:
+        if target.dbname == "postgres":
             raise
         missing_db = True
         conn = await asyncio.to_thread(connect, target, settings, dbname="postgres")
     try:
         with target_lock_file(settings.backup_dir, target.name, "restore"):
             take_advisory_lock(conn, target.name)
-            superuser_row = conn.execute(
-                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
-            superuser = bool(superuser_row and superuser_row[0])
+            kind = detect_kind(conn)
 
             # 4. The operator confirms.
             await _confirm(target, entry.name, request, ask)
@@ -523,29 +562,53 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
             if missing_db:
                 emit(Notice("info", f"database {target.dbname!r} does not exist: creating it."))
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
-            if request.create_roles and superuser:
-                _create_roles(conn, entry.meta.get("roles") or [])
+            names = names_of(toc, entry.meta.get("schemas") or [], entry.meta.get("roles") or [])
+            if request.create_roles and kind.superuser:
+                # Event triggers must be owned by a superuser: their owners are made one here.
+                _create_roles(conn, entry, emit, superusers={
+                    names[e.dump_id].owner for e in toc.entries if e.desc == "EVENT TRIGGER"})
             if request.terminate_connections and not missing_db:
                 _terminate(conn, target.dbname)
 
-            skipped = filter_entries(toc, superuser=superuser,
-                                     app_schemas_only=request.app_schemas_only)
+            plan = plan_entries(toc, names, kind, app_schemas_only=request.app_schemas_only)
+            left_out = plan.left_out
+            skipped = [item.entry for item in left_out]
+            _report_left_out(left_out, kind, emit)
+            restored = [schema for schema in restored_schemas(toc, names, skipped)
+                        if schema not in plan.keep_schemas]
+            outside = OutsideDependents()
             if not missing_db:
                 conn.execute(sql.SQL("SET lock_timeout = {}").format(
                     sql.Literal(request.lock_timeout)))
-                await _blocking(conn, _replace_schemas, conn, toc, skipped, emit)
-            for e in skipped:
-                emit(Notice("warning", f"left out (the target cannot accept it): {e.text}"))
+                outside = await _blocking(conn, OutsideDependents.read, conn, restored)
+                await _blocking(conn, _replace_schemas, conn, restored, emit, target,
+                                safety_name)
             options = session_options(conn, settings, request)
             restore_started = time.monotonic()
             state["restoring"] = True
-            early = await _pg_restore(settings, request, entry, toc, skipped, pg_restore, emit,
-                                      safety_name, unpacker, options)
+            early, reader, code = await _pg_restore(
+                settings, request, entry, toc, skipped, pg_restore, emit, unpacker, options,
+                kind, _verified_meta(entry.meta, names, toc, skipped),
+                deferred_foreign_keys(toc, names, {e.dump_id for e in skipped}),
+                app_schemas=set(restored),
+                clean=needs_clean(toc, names, skipped, None if missing_db else restored))
             restore_seconds = time.monotonic() - restore_started
+            state["restoring"] = False
+            await _blocking(conn, outside.restore, conn)
+            for text in outside.recreated:
+                emit(Notice("info", f"recreated after the restore (it hangs on the restored "
+                                    f"schemas): {text}"))
+            for text in outside.gone:
+                emit(Notice("error", f"lost with the restored schemas and not recreated: {text}"))
     finally:
         with contextlib.suppress(psycopg.Error):
             conn.close()
 
+    warned, failed = classify(reader.errors, kind.kind)
+    if code != 0 and not reader.errors:
+        failed = [RestoreError(f"pg_restore exited {code} without an error line")]
+    for w in warned:
+        emit(Notice("warning", f"pg_restore, harmless here: {w.describe()}"))
     report = None
     if request.verify:
         emit(PhaseStarted("verifying", "exact row counts against the backup's"))
@@ -553,14 +616,127 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
             report = await asyncio.to_thread(early.finish)
         else:
             report = await asyncio.to_thread(
-                verify_counts, settings, entry.meta, jobs=request.jobs or default_jobs(),
-                emit=emit)
-    return RestoreResult(
+                verify_counts, settings, _verified_meta(entry.meta, names, toc, skipped),
+                jobs=request.jobs or default_jobs(), emit=emit, app_schemas=set(restored))
+    result = RestoreResult(
         backup=entry.name, target=target, safety_backup=safety_name, safety_note=safety_note,
         seconds=time.monotonic() - started, restore_seconds=restore_seconds,
-        filtered=[e.text for e in skipped], verify=report,
+        filtered=[item.describe() for item in left_out], verify=report,
         undo_command=undo_command(target, safety_name) if safety_name else None,
+        target_kind=kind.kind, warnings=[w.describe() for w in warned],
+        not_restored=_not_restored(entry.meta, names, toc, skipped),
+        recreated=outside.recreated, gone=outside.gone,
     )
+    if failed:
+        raise _failure(entry, target, code, failed, warned, result)
+    return result
+
+
+# Entries outside any schema that pg_restore can run again over what already exists: CREATE
+# EXTENSION IF NOT EXISTS, comments, grants, the archive's header.
+_RERUNNABLE = frozenset({"EXTENSION", "COMMENT", "ACL", "DEFAULT ACL", *HEADER_DESCS})
+
+
+def needs_clean(toc: Toc, names: dict[int, EntryName], skipped: list[TocEntry],
+                emptied: list[str] | None) -> bool:
+    """Whether pg_restore needs `--clean --if-exists`. It costs one DROP ... IF EXISTS per
+    object of the archive, run one after another by pg_restore's leader before anything else
+    (with thousands of tables, longer than creating them), and finds nothing to drop once
+    pgrunbook has emptied the schemas the archive restores (`emptied`; None when that did not
+    happen). So it is left out when every restored entry lies in those schemas, or is a schema
+    among them other than `public` (which pgrunbook recreates), or can run again over what
+    exists (`_RERUNNABLE`); anything else (large objects, event triggers, publications, entries
+    in a schema that was kept) keeps it."""
+    if emptied is None:
+        return True
+    done = set(emptied)
+    skip = {e.dump_id for e in skipped}
+    for e in toc.entries:
+        if e.dump_id in skip:
+            continue
+        name = names[e.dump_id]
+        if name.schema in done or e.desc in _RERUNNABLE:
+            continue
+        if e.desc == "SCHEMA" and name.tag in done and name.tag != "public":
+            continue
+        return True
+    return False
+
+
+def restored_schemas(toc: Toc, names: dict[int, EntryName], skipped: list[TocEntry]) -> list[str]:
+    """The schemas the archive's restored entries live in (or create)."""
+    skip = {e.dump_id for e in skipped}
+    schemas = set()
+    for e in toc.entries:
+        if e.dump_id in skip:
+            continue
+        name = names[e.dump_id]
+        if e.desc == "SCHEMA":
+            schemas.add(name.tag)
+        elif name.schema not in ("-", ""):
+            schemas.add(name.schema)
+    return sorted(schemas - {"pg_catalog", "information_schema"})
+
+
+def _left_out_tables(names: dict[int, EntryName],
+                     skipped: list[TocEntry]) -> set[tuple[str, str]]:
+    return {(names[e.dump_id].schema, names[e.dump_id].tag) for e in skipped
+            if e.desc == "TABLE DATA"}
+
+
+def _verified_meta(meta: dict[str, Any], names: dict[int, EntryName], toc: Toc,
+                   skipped: list[TocEntry]) -> dict[str, Any]:
+    """The backup's metadata without the tables whose data this restore leaves out: a table
+    the target keeps as its own (Supabase's auth.users) is not compared. Every other table is
+    (a name read wrongly from the table of contents means more is verified, never less)."""
+    left = _left_out_tables(names, skipped)
+    if not left:
+        return meta
+    return {**meta, "tables": [t for t in meta.get("tables", [])
+                               if (str(t["schema"]), str(t["name"])) not in left]}
+
+
+def _not_restored(meta: dict[str, Any], names: dict[int, EntryName], toc: Toc,
+                  skipped: list[TocEntry]) -> list[str]:
+    left = _left_out_tables(names, skipped)
+    return [f"{t['schema']}.{t['name']}" for t in meta.get("tables", [])
+            if (str(t["schema"]), str(t["name"])) in left]
+
+
+def _report_left_out(left_out: list[LeftOut], kind: TargetKind, emit: Emit) -> None:
+    """One warning per reason, with a few of the entries; each entry goes to the log."""
+    by_reason: dict[str, list[str]] = {}
+    for item in left_out:
+        by_reason.setdefault(item.reason, []).append(item.entry.text.strip())
+    if left_out:
+        emit(Notice("info", f"target: {kind.describe()}"))
+    for reason, texts in by_reason.items():
+        shown = "; ".join(texts[:3]) + (f"; and {len(texts) - 3} more" if len(texts) > 3 else "")
+        emit(Notice("warning", f"left out {len(texts)} entr{'y' if len(texts) == 1 else 'ies'}"
+                               f" ({reason}): {shown}"))
+        for text in texts:
+            emit(RestoreLine(f"left out: {text}", False))
+
+
+def _failure(entry: BackupEntry, target: Target, code: int, failed: list[RestoreError],
+             warned: list[Warned], result: RestoreResult) -> RestoreFailed:
+    verdict = ""
+    if result.verify is not None:
+        verdict = (f" The verification that ran after it: "
+                   f"{'PASS' if result.verify.passed else 'FAIL'}.")
+    undo = f" Undo with: {result.undo_command}" if result.undo_command else ""
+    shown = [e.describe() for e in failed[:3]]
+    exc = RestoreFailed(
+        f"the restore of {entry.name} FAILED (pg_restore exit {code}, {len(failed)} error(s) "
+        f"not known to be harmless"
+        + (f", {len(warned)} harmless" if warned else "") + "): " + " | ".join(shown)
+        + "." + verdict,
+        explain_restore_errors([e.message for e in failed]) + undo,
+        detail="\n".join(e.describe() + (f"\n  Command was: {e.command}" if e.command else "")
+                         for e in failed),
+    )
+    exc.result = result
+    return exc
 
 
 def typed_confirmation_reason(target: Target, safety_backup: bool = True) -> str:
@@ -613,7 +789,7 @@ async def _handle_sessions(conn: psycopg.Connection[Any], target: Target,
         return
     listing = _describe_sessions(sessions)
     if not request.terminate_connections:
-        raise OperationFailed(
+        raise SessionsConnected(
             f"{len(sessions)} other session(s) are connected to {target.dbname!r}: {listing}.",
             "Put the application in maintenance mode and retry, or add "
             "--terminate-connections to end them.",
@@ -650,47 +826,117 @@ async def _blocking(conn: psycopg.Connection[Any], fn: Callable[..., Any], *args
         raise
 
 
-def _replace_schemas(conn: psycopg.Connection[Any], toc: Toc, skipped: list[TocEntry],
-                     emit: Emit) -> list[str]:
+# What DROP statement each kind of relation takes, and the order the batches drop them in:
+# what depends on tables first (views), partitions before their parents, sequences last.
+_DROP_KINDS = {"v": "VIEW", "m": "MATERIALIZED VIEW", "f": "FOREIGN TABLE", "r": "TABLE",
+               "p": "TABLE", "S": "SEQUENCE"}
+
+
+def _relations_to_drop(conn: psycopg.Connection[Any],
+                       schemas: list[str]) -> list[tuple[str, str, str, int]]:
+    """(kind, schema, name, locks) of the relations in `schemas` that DROP SCHEMA would drop,
+    in an order that drops dependents first; `locks` counts the relation, its indexes and its
+    TOAST table and index. Extension members are left to DROP SCHEMA (with their extension),
+    and sequences owned by a column to their table."""
+    rows = conn.execute(
+        """SELECT c.relkind::text, n.nspname::text, c.relname::text,
+                  1 + CASE WHEN c.reltoastrelid <> 0 THEN 2 ELSE 0 END
+                    + (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid)::int
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                             AND d.objid = c.oid AND (d.deptype = 'e' OR (c.relkind = 'S'
+                                 AND d.deptype IN ('a', 'i')
+                                 AND d.refclassid = 'pg_class'::regclass)))
+           ORDER BY CASE WHEN c.relkind IN ('v', 'm') THEN 0 WHEN c.relkind = 'f' THEN 1
+                         WHEN c.relispartition AND c.relkind = 'r' THEN 2
+                         WHEN c.relispartition THEN 3 WHEN c.relkind = 'r' THEN 4
+                         WHEN c.relkind = 'p' THEN 5 ELSE 6 END,
+                    n.nspname, c.relname""", [schemas]).fetchall()
+    return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+
+
+def _drop_batch(conn: psycopg.Connection[Any], batch: list[tuple[str, str, str, int]]) -> None:
+    """One DROP ... IF EXISTS ... CASCADE per run of one kind (an earlier drop in the batch, or
+    an earlier batch, may have taken a relation with it already)."""
+    i = 0
+    while i < len(batch):
+        word = _DROP_KINDS[batch[i][0]]
+        j = i
+        while j < len(batch) and _DROP_KINDS[batch[j][0]] == word:
+            j += 1
+        conn.execute(sql.SQL("DROP {} IF EXISTS {} CASCADE").format(
+            sql.SQL(word), sql.SQL(", ").join(
+                sql.Identifier(schema, name) for _k, schema, name, _l in batch[i:j])))
+        i = j
+
+
+def _replace_schemas(conn: psycopg.Connection[Any], schemas: list[str], emit: Emit,
+                     target: Target | None = None, safety: str | None = None) -> list[str]:
     """Empty the schemas the archive restores, so the target ends up exactly as the backup.
 
     `pg_restore --clean` alone drops only what the archive holds: objects created since (a view
     on a restored table, say) make its DROPs fail, and partitions' inherited keys cannot be
     dropped at all. The safety backup taken just before holds everything dropped here.
+
+    A drop locks every relation it removes (each table with its indexes and TOAST table) until
+    its transaction ends, and the server's lock table holds only so many: the relations go in
+    batches, each a transaction of its own that fits (`LockTable.batch`), and the last batch
+    goes with the DROP SCHEMAs. A target whose relations fit one batch is emptied in one
+    transaction, all or nothing; a larger one can be left partly emptied by a failure, which
+    then says so and how to undo it with the safety backup.
     """
-    skip = {e.dump_id for e in skipped}
-    schemas = set()
-    for e in toc.entries:
-        if e.dump_id in skip:
-            continue
-        schema, name = _toc_schema(e)
-        if e.desc == "SCHEMA":
-            schemas.add(name)
-        elif schema not in ("-", ""):
-            schemas.add(schema)
     existing = {str(r[0]) for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
-    todo = sorted((schemas & existing) - {"pg_catalog", "information_schema"})
+    todo = sorted((set(schemas) & existing) - {"pg_catalog", "information_schema"})
     if not todo:
         return []
+    locks = lock_table(conn)
+    relations = _relations_to_drop(conn, todo)
+    batches = lock_batches(relations, lambda r: r[3], locks.batch) or [[]]
+    dropped = 0  # relations dropped by committed transactions
+
+    def changed() -> str:
+        if dropped == 0:
+            return "nothing was changed."
+        undo = (f"restore the safety backup to undo: {undo_command(target, safety)}"
+                if target is not None and safety else "no safety backup was taken")
+        return (f"the target is PARTLY EMPTIED: {dropped:,} of {len(relations):,} tables, "
+                f"views and sequences in {', '.join(todo)} were dropped before this "
+                f"(in batches, to fit the server's lock table); {undo}.")
+
+    if len(batches) > 1:
+        emit(Notice("info", f"emptying {', '.join(todo)}: {len(relations):,} relations in "
+                            f"{len(batches)} transactions that fit the server's lock table"))
     try:
-        with conn.transaction():
-            for schema in todo:
-                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-                if schema == "public":  # pg_dump leaves `public` for initdb to create
-                    _recreate_public(conn)
+        for number, batch in enumerate(batches, 1):
+            with conn.transaction():
+                _drop_batch(conn, batch)
+                if number == len(batches):
+                    for schema in todo:
+                        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
+                            sql.Identifier(schema)))
+                        if schema == "public":  # pg_dump leaves `public` for initdb to create
+                            _recreate_public(conn)
+            dropped += len(batch)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise OperationFailed(
             f"the target user may not replace the schemas the backup restores: {exc}; "
-            "nothing was changed.",
+            + changed(),
             "Restore as the schemas' owner, or with --app-schemas-only on Supabase.",
         ) from None
     except psycopg.errors.LockNotAvailable:
         raise OperationFailed(
-            "another session holds a lock on the target's tables (lock timeout); "
-            "nothing was changed.",
+            "another session holds a lock on the target's tables (lock timeout); " + changed(),
             "End the application's sessions (--terminate-connections, maintenance mode) or "
             "retry with a longer --lock-timeout.",
         ) from None
+    except psycopg.errors.OutOfMemory:
+        # SQLSTATE 53200: the lock table is full even for one batch (other sessions hold
+        # most of it, or one table has that many indexes and partitions).
+        busiest = max((sum(r[3] for r in b) for b in batches), default=0)
+        raise locks.too_small("emptying the schemas the backup restores", busiest,
+                              "its largest batch of tables, indexes and TOAST tables",
+                              changed()) from None
     emit(Notice("info", f"emptied the schemas the backup restores: {', '.join(todo)}"))
     return todo
 
@@ -708,11 +954,56 @@ def _recreate_public(conn: psycopg.Connection[Any]) -> None:
     conn.execute("COMMENT ON SCHEMA public IS 'standard public schema'")
 
 
-def _create_roles(conn: psycopg.Connection[Any], roles: list[str]) -> None:
-    existing = {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
-    for role in roles:
+def _roles_sql(entry: BackupEntry) -> str | None:
+    """The backup's roles file, when it has one and it matches its checksum."""
+    info = (entry.meta or {}).get("roles_sql") or {}
+    path = roles_path_for(entry.path)
+    if not info.get("sha256") or not path.exists():
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise OperationFailed(
+            f"{path.name} does not match the checksum in {entry.name}'s metadata.",
+            "The roles file is damaged: drill another backup, or remove the file to create "
+            "the roles without their attributes.")
+    return data.decode("utf-8")
+
+
+def _create_roles(conn: psycopg.Connection[Any], entry: BackupEntry, emit: Emit,
+                  superusers: set[str]) -> None:
+    """The roles the archive names, for a restore into a fresh cluster (a drill): from the
+    backup's roles file with their attributes and memberships (no passwords), else NOLOGIN;
+    event triggers' owners must be superusers and are made so. Existing roles are left as
+    they are."""
+    assert entry.meta is not None
+    text = _roles_sql(entry)
+    made: list[str] = []
+    if text is not None:
+        result = create_missing(conn, text)
+        made += result.created
+        for failure in result.failed:
+            emit(Notice("warning", f"roles file: not applied: {failure}"))
+    existing = {str(r[0]): bool(r[1]) for r in
+                conn.execute("SELECT rolname, rolsuper FROM pg_roles").fetchall()}
+    plain = []
+    for role in entry.meta.get("roles") or []:
         if role not in existing:
             conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+            plain.append(role)
+    raised = []
+    for role in sorted(superusers):
+        if role in made + plain and not existing.get(role, False):
+            conn.execute(sql.SQL("ALTER ROLE {} SUPERUSER").format(sql.Identifier(role)))
+            raised.append(role)
+    if made:
+        emit(Notice("info", f"created {len(made)} role(s) from the backup's roles file "
+                            "(attributes and memberships, without passwords)"))
+    if plain:
+        emit(Notice("info", f"created {len(plain)} role(s) the archive names as NOLOGIN, "
+                            "without attributes or memberships"
+                            + ("" if text else " (the backup has no roles file)")))
+    if raised:
+        emit(Notice("info", f"made superusers, to own event triggers: {', '.join(raised)}"))
 
 
 async def _safety_backup(settings: Settings, request: RestoreRequest, entry: BackupEntry,
@@ -866,24 +1157,35 @@ def _pgoptions(env: dict[str, str], options: dict[str, str]) -> str:
 
 async def _pg_restore(settings: Settings, request: RestoreRequest, entry: BackupEntry, toc: Toc,
                       skipped: list[TocEntry], pg_restore: PgTool, emit: Emit,
-                      safety: str | None, unpacker: _Unpacker,
-                      options: dict[str, str]) -> TableVerifier | None:
+                      unpacker: _Unpacker, options: dict[str, str], kind: TargetKind,
+                      verified_meta: dict[str, Any], deferred: set[int],
+                      app_schemas: set[str] | None = None, clean: bool = True,
+                      ) -> tuple[TableVerifier | None, ErrorReader, int]:
+    """Run pg_restore; (the early verifier, its errors, its exit code). Its errors are
+    classified by the caller, which runs the verification whatever they are. The `deferred`
+    entries (foreign keys of partitioned tables) run after it, in a second, serial pg_restore."""
     target = settings.target
     jobs = request.jobs or default_jobs()
     work: list[Path] = []
     try:
         archive = await unpacker.archive(emit)
-        argv = [str(pg_restore.path), "--verbose", "--clean", "--if-exists", "--no-password",
-                f"--jobs={jobs}", f"--dbname={target.dbname}", *_owners_flags(request, target)]
+        owners = _owners_flags(request, target, kind)
+        argv = [str(pg_restore.path), "--verbose",
+                *(["--clean", "--if-exists"] if clean else []), "--no-password",
+                f"--jobs={jobs}", f"--dbname={target.dbname}", *owners]
         skip = {e.dump_id for e in skipped}
-        if skipped:
-            listfile = temp_path_for(settings.backup_dir / f"{entry.name}.list")
+
+        def use_list(leave_out: set[int], suffix: str) -> str:
+            listfile = temp_path_for(settings.backup_dir / f"{entry.name}.{suffix}")
             work.append(listfile)
-            lines = [(";" if e.dump_id in skip else "") + e.line for e in toc.entries]
+            lines = [(";" if e.dump_id in leave_out else "") + e.line for e in toc.entries]
             fd = os.open(listfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
-            argv.append(f"--use-list={listfile}")
+            return f"--use-list={listfile}"
+
+        if skipped or deferred:
+            argv.append(use_list(skip | deferred, "list"))
         argv.append(str(archive))
         privileges = "--no-privileges" not in argv
         # The items pg_restore will do: not the session settings and the database entry it
@@ -895,25 +1197,36 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
                                        f"{len(dump_ids)} items" +
                           (f", maintenance_work_mem {memory} each" if memory else "")))
         early = None
-        if request.verify and jobs > 1 and entry.meta is not None:
+        if request.verify and jobs > 1:
             # Tables whose every dependent entry pg_restore has finished are counted and
             # analyzed while it works on the others, in the job slots it leaves free
             # (pg_restore reports launched and finished items only with --jobs > 1).
             deps = toc.deps
             if any(deps.values()):
-                tables = [(str(t["schema"]), str(t["name"])) for t in entry.meta["tables"]]
+                tables = [(str(t["schema"]), str(t["name"])) for t in verified_meta["tables"]]
                 blockers = table_blockers(
                     toc.entries, deps, tables, skipped=skip, privileges=privileges)
-                early = TableVerifier(settings, entry.meta, blockers, jobs=jobs, emit=emit)
+                early = TableVerifier(settings, verified_meta, blockers, jobs=jobs, emit=emit,
+                                      app_schemas=app_schemas)
         with libpq_env(target, settings) as env:
             env["PGOPTIONS"] = _pgoptions(env, options)
             try:
-                await _run_pg_restore(argv, env, dump_ids, emit, entry, target, safety, early)
+                reader, code = await _run_pg_restore(argv, env, dump_ids - deferred, emit, early)
+                if deferred:
+                    emit(PhaseStarted("restoring", f"{len(deferred)} foreign key(s) of "
+                                                   "partitioned tables, once all data is in"))
+                    second = [str(pg_restore.path), "--verbose", "--no-password",
+                              f"--dbname={target.dbname}", *owners,
+                              use_list({e.dump_id for e in toc.entries} - deferred, "fks"),
+                              str(archive)]
+                    late, late_code = await _run_pg_restore(second, env, deferred, emit)
+                    reader.errors.extend(late.errors)
+                    code = code or late_code
             except BaseException:
                 if early is not None:
                     await asyncio.shield(asyncio.to_thread(early.abort))
                 raise
-        return early
+        return early, reader, code
     finally:
         for path in work:
             with contextlib.suppress(FileNotFoundError):
@@ -921,13 +1234,12 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
 
 
 async def _run_pg_restore(argv: list[str], env: dict[str, str], dump_ids: set[int],
-                          emit: Emit, entry: BackupEntry, target: Target, safety: str | None,
-                          verifier: TableVerifier | None = None) -> None:
+                          emit: Emit, verifier: TableVerifier | None = None,
+                          ) -> tuple[ErrorReader, int]:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         stdin=asyncio.subprocess.DEVNULL, process_group=0)
-    errors: deque[str] = deque(maxlen=50)
-    error_count = 0
+    reader = ErrorReader()
     items = ItemProgress(dump_ids)
     total = len(dump_ids)
     started = time.monotonic()
@@ -937,12 +1249,7 @@ async def _run_pg_restore(argv: list[str], env: dict[str, str], dump_ids: set[in
         assert proc.stdout is not None
         async for raw in proc.stdout:
             line = tidy_line(raw.decode("utf-8", errors="replace").rstrip())
-            is_error = "error:" in line or line.startswith(("ERROR", "FATAL")) \
-                or "errors ignored on restore" in line
-            if is_error:
-                error_count += 1
-                errors.append(line)
-            emit(RestoreLine(line, is_error))
+            emit(RestoreLine(line, reader.feed(line)))
             item = items.feed(line)
             if item is not None and verifier is not None:
                 if item[0] == "launching":
@@ -968,15 +1275,7 @@ async def _run_pg_restore(argv: list[str], env: dict[str, str], dump_ids: set[in
                 await proc.wait()
     emit(Progress("restore", total if code == 0 else items.done, total, time.monotonic() - started,
                   unit="items"))
-    if code != 0 or error_count:
-        undo = f" Undo with: {undo_command(target, safety)}" if safety else ""
-        shown = [ln for ln in errors if "errors ignored" not in ln][:3]
-        raise OperationFailed(
-            f"the restore of {entry.name} FAILED (pg_restore exit {code}, "
-            f"{error_count} error line(s)): " + " | ".join(shown or list(errors)[:1]),
-            explain_restore_errors(list(errors)) + undo,
-            detail="\n".join(errors),
-        )
+    return reader, code
 
 
 def with_target(settings: Settings, target: Target) -> Settings:

@@ -37,6 +37,7 @@ RANGE_SIZE = 16 * MiB
 RETRIES = 6
 ARCHIVE_KEY = "database.backup"
 META_KEY = "metadata.json"
+ROLES_KEY = "roles.sql"  # pg_dumpall --roles-only --no-role-passwords, beside the archive
 SSE_CHOICES = ("AES256", "aws:kms", "none")
 
 
@@ -172,6 +173,7 @@ class StreamUpload:
         self._client_future = client
         self.key = config.key_for(stamp, ARCHIVE_KEY)
         self.meta_key = config.key_for(stamp, META_KEY)
+        self.roles_key = config.key_for(stamp, ROLES_KEY)
         self.path = path
         self.on_progress = on_progress or (lambda _n: None)
         self._done_writing = threading.Event()
@@ -277,8 +279,10 @@ class StreamUpload:
         self._final_size = final_size
         self._done_writing.set()
 
-    def finish(self, final_size: int, sha256: str, kind: str, meta: dict[str, Any]) -> str:
-        """The writer is done: upload the rest, tag, put metadata.json. Returns the key."""
+    def finish(self, final_size: int, sha256: str, kind: str, meta: dict[str, Any],
+               roles_sql: bytes | None = None) -> str:
+        """The writer is done: upload the rest, tag, put roles.sql (when there is one) and
+        metadata.json last. Returns the key."""
         self.writer_done(final_size)
         assert self._thread is not None
         self._thread.join()
@@ -289,6 +293,11 @@ class StreamUpload:
                 Bucket=self.config.bucket, Key=self.key,
                 Tagging={"TagSet": [{"Key": "kind", "Value": kind},
                                     {"Key": "sha256", "Value": sha256}]})
+            if roles_sql is not None:
+                self._client.put_object(Bucket=self.config.bucket,
+                                        Key=self.roles_key,
+                                        Body=roles_sql, ContentType="application/sql",
+                                        **self.config.extra_put_args())
             body = json.dumps(meta, indent=2, ensure_ascii=False).encode()
             self._client.put_object(Bucket=self.config.bucket, Key=self.meta_key, Body=body,
                                     ContentType="application/json",
@@ -328,10 +337,13 @@ def upload_existing(config: S3Config, archive: Path, meta: dict[str, Any],
                     on_progress: Callable[[int], None] | None = None) -> str:
     """`pgrunbook upload`: ship a finished local backup."""
     stamp = str(meta["name"])[:15]
+    from tui.core.roles import roles_path_for
+
+    roles = roles_path_for(archive)
     up = StreamUpload(config, stamp, archive, on_progress)
     up.start()
     return up.finish(archive.stat().st_size, str(meta["archive"]["sha256"]), str(meta["kind"]),
-                     meta)
+                     meta, roles.read_bytes() if roles.exists() else None)
 
 
 # -- inventory -----------------------------------------------------------------------------

@@ -171,13 +171,21 @@ class RunnerScreen(Screen[None]):
             style = "" if r.status == "ok" else "[b red]"
             table.add_row(f"{style}{r.schema}.{r.table}", f"{r.expected:,}", actual, diff,
                           f"{style}{status}")
+        for d in report.failures + report.warnings:
+            self._write(f"verify: {d.describe()}")
         verdict = self.query_one("#verdict", Static)
+        warned = f", {len(report.warnings)} warnings" if report.warnings else ""
         if report.passed:
-            verdict.update(f" VERIFICATION PASS — {len(report.rows)} tables, every row is back ")
+            verdict.update(f" VERIFICATION PASS — {len(report.rows)} tables, every row is back"
+                           f"{warned} ")
             verdict.set_classes("pass")
+        elif not report.mismatches:
+            verdict.update(f" VERIFICATION FAIL — every row is back, {len(report.failures)} "
+                           f"grants/RLS/sequence problems (see the log){warned} ")
+            verdict.set_classes("fail")
         else:
             verdict.update(f" VERIFICATION FAIL — {len(report.mismatches)} of "
-                           f"{len(report.rows)} tables differ ")
+                           f"{len(report.rows)} tables differ{warned} ")
             verdict.set_classes("fail")
 
     # -- events from the engine --------------------------------------------------------------
@@ -358,18 +366,23 @@ class RunnerScreen(Screen[None]):
         return "yes" if yes else None
 
     async def _do_restore(self, step: Any) -> str:
-        from tui.core.restore import RestoreRequest, run_restore
+        from tui.core.restore import (
+            RestoreFailed,
+            RestoreRequest,
+            SessionsConnected,
+            run_restore,
+        )
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
-        from tui.core.errors import OperationFailed
-
         spec = self._backup_spec(step.options.get("backup", "latest"))
         request = RestoreRequest(backup=spec, reason=self.reason, origin="tui")
         try:
             result = await run_restore(app.settings, request, self.emit, ask=self._ask_restore)
-        except OperationFailed as exc:
-            if "other session(s) are connected" not in exc.message:
-                raise
+        except RestoreFailed as exc:
+            if exc.result is not None and exc.result.verify is not None:
+                self.show_verification(exc.result.verify)
+            raise
+        except SessionsConnected as exc:
             self._write(f"refused: {exc.message}")
             if not await self.app.push_screen_wait(YesNo(
                     f"{exc.message}\nEnd these sessions and restore? (put the application in "
@@ -382,11 +395,17 @@ class RunnerScreen(Screen[None]):
         app.last_restore = result
         if result.verify is not None:
             self.show_verification(result.verify)
-            if not result.verify.passed:
-                raise PgRunbookError("row counts differ after the restore",
-                                     f"Undo with: {result.undo_command}")
+        for text in result.warnings + result.gone:
+            self._write(text)
+        if not result.passed:
+            what = ("objects outside the restored schemas were lost: " + "; ".join(result.gone)
+                    if result.gone else "row counts differ after the restore")
+            raise PgRunbookError(what, f"Undo with: {result.undo_command}"
+                                 if result.undo_command else "Check the verification table.")
+        warned = len(result.warnings) + len(result.filtered)
         return (f"restored {result.backup} in {result.restore_seconds:.1f} s; safety backup "
-                f"{result.safety_backup or '-'}")
+                f"{result.safety_backup or '-'}"
+                + (f"; PASS with {warned} warning(s)" if warned else ""))
 
     async def _do_verify(self, step: Any) -> str:
         import asyncio
@@ -403,7 +422,8 @@ class RunnerScreen(Screen[None]):
                                          origin="tui")
         self.show_verification(report)
         if not report.passed:
-            raise PgRunbookError(f"{len(report.mismatches)} tables differ from {entry.name}")
+            raise PgRunbookError(f"{len(report.mismatches)} tables differ from {entry.name}, "
+                                 f"{len(report.failures)} grants/RLS/sequence problems")
         return f"PASS against {entry.name}"
 
     async def _do_drill(self, step: Any) -> str:
@@ -491,7 +511,9 @@ class RunnerScreen(Screen[None]):
                      f"Time to restore: {app.last_restore.restore_seconds:.1f} s\n\n"
                      "| table | expected | actual |\n| --- | ---: | ---: |\n" +
                      "\n".join(f"| {r.schema}.{r.table} | {r.expected} | {r.actual} |"
-                               for r in v.ordered()))
+                               for r in v.ordered()) +
+                     "".join(f"\n\n{d.describe()}" if i == 0 else f"\n{d.describe()}"
+                             for i, d in enumerate(v.failures + v.warnings)))
         directory = ensure_private_dir(reports_dir(app.settings))
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
         path = directory / f"runbook_{stamp}_{self.run_state.runbook.id}.md"
