@@ -110,8 +110,22 @@ class Tmux:
         raise AssertionError(f"{text!r} never appeared; the screen:\n{self.screen()}")
 
 
-def test_emergency_restore_runbook_walked_in_tmux(workspace: Workspace, server: Server,
+# (the damage, the workspace fixture, the server fixture): pagila as a superuser, and a
+# Supabase-shaped project as its non-superuser `postgres`, the way hosted Supabase is restored.
+CASES = {
+    "pagila": ("DELETE FROM public.film_actor WHERE actor_id < 150", "workspace", "server"),
+    "supabase": ("DELETE FROM public.todos WHERE id % 2 = 0; "
+                 "REVOKE SELECT ON public.posts FROM anon", "supabase_workspace",
+                 "supabase_server"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_emergency_restore_runbook_walked_in_tmux(case: str, request: pytest.FixtureRequest,
                                                   tmp_path: Path, http_peer) -> None:  # type: ignore[no-untyped-def]
+    damage, ws_fixture, server_fixture = CASES[case]
+    workspace: Workspace = request.getfixturevalue(ws_fixture)
+    server: Server = request.getfixturevalue(server_fixture)
     url, posts = http_peer
     marker = tmp_path / "maintenance"
     on = f"sh -c {shlex.quote(f'echo on > {marker}; echo maintenance on')}"
@@ -121,7 +135,7 @@ def test_emergency_restore_runbook_walked_in_tmux(workspace: Workspace, server: 
     out = json.loads(workspace.run("backup", "--json", check=True).stdout)
     meta = json.loads(Path(out["meta_path"]).read_text())
     with server.connect(workspace.dbname) as conn:
-        conn.execute("DELETE FROM public.film_actor WHERE actor_id < 150")
+        conn.execute(damage)
     tables = [(t["schema"], t["name"]) for t in meta["tables"]]
     assert server.counts(workspace.dbname, tables) != \
         {(t["schema"], t["name"]): t["rows"] for t in meta["tables"]}

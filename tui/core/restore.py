@@ -1211,7 +1211,8 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
         with libpq_env(target, settings) as env:
             env["PGOPTIONS"] = _pgoptions(env, options)
             try:
-                reader, code = await _run_pg_restore(argv, env, dump_ids - deferred, emit, early)
+                reader, code = await _run_pg_restore(argv, env, dump_ids - deferred, emit, early,
+                                                     total=len(dump_ids))
                 if deferred:
                     emit(PhaseStarted("restoring", f"{len(deferred)} foreign key(s) of "
                                                    "partitioned tables, once all data is in"))
@@ -1219,7 +1220,9 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
                               f"--dbname={target.dbname}", *owners,
                               use_list({e.dump_id for e in toc.entries} - deferred, "fks"),
                               str(archive)]
-                    late, late_code = await _run_pg_restore(second, env, deferred, emit)
+                    late, late_code = await _run_pg_restore(
+                        second, env, deferred, emit, done_before=len(dump_ids - deferred),
+                        total=len(dump_ids))
                     reader.errors.extend(late.errors)
                     code = code or late_code
             except BaseException:
@@ -1235,13 +1238,16 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
 
 async def _run_pg_restore(argv: list[str], env: dict[str, str], dump_ids: set[int],
                           emit: Emit, verifier: TableVerifier | None = None,
+                          done_before: int = 0, total: int | None = None,
                           ) -> tuple[ErrorReader, int]:
+    """One pg_restore; progress counts its `dump_ids` on top of `done_before` items of
+    `total` (a second pg_restore continues the first one's bar)."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         stdin=asyncio.subprocess.DEVNULL, process_group=0)
     reader = ErrorReader()
     items = ItemProgress(dump_ids)
-    total = len(dump_ids)
+    total = total or done_before + len(dump_ids)
     started = time.monotonic()
     last = 0.0
     finished = False
@@ -1260,7 +1266,8 @@ async def _run_pg_restore(argv: list[str], env: dict[str, str], dump_ids: set[in
             now = time.monotonic()
             if now - last > 0.2:
                 last = now
-                emit(Progress("restore", items.done, total, now - started, unit="items"))
+                emit(Progress("restore", done_before + items.done, total, now - started,
+                              unit="items"))
         code = await proc.wait()
         finished = True
     finally:
@@ -1273,8 +1280,8 @@ async def _run_pg_restore(argv: list[str], env: dict[str, str], dump_ids: set[in
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
-    emit(Progress("restore", total if code == 0 else items.done, total, time.monotonic() - started,
-                  unit="items"))
+    done = done_before + (len(dump_ids) if code == 0 else items.done)
+    emit(Progress("restore", done, total, time.monotonic() - started, unit="items"))
     return reader, code
 
 
