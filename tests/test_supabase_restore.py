@@ -187,6 +187,9 @@ def test_each_backup_keeps_the_roles_and_a_drill_creates_them(
     assert "Drill PASS" in proc.stdout
     assert "role(s) from the backup's roles file" in proc.stderr
     assert "as NOLOGIN" not in proc.stderr and "made superusers" not in proc.stderr
+    report = Path(proc.stdout.split("Report: ")[1].split()[0]).read_text()
+    differs = report.split("## How this drill differs from the source")[1].split("##")[0]
+    assert "from the backup's roles file" in differs and "non-superuser" in differs
 
 
 def test_without_its_roles_file_a_drill_still_passes(supabase_workspace: Workspace,

@@ -166,6 +166,19 @@ def _record(settings: Settings, archive: Path, passed: bool, seconds: float,
     write_meta(meta_path, meta)
 
 
+def drill_differences(meta: dict[str, Any], result: RestoreResult) -> list[str]:
+    """What a drill's throwaway cluster does not share with the real target."""
+    out = list(result.notes)
+    if not meta.get("dumped_as_superuser", True):
+        out.append("the backup was taken by a non-superuser (hosted Supabase's postgres); "
+                   "the drill restores as a superuser, so the schemas, extensions and event "
+                   "triggers a real restore leaves to the target were restored here too")
+    if any(w.startswith("extension-comment") for w in result.warnings):
+        out.append("comments on extensions were not restored")
+    out.append("roles have no passwords here, and nothing connects as them")
+    return out
+
+
 def write_report(settings: Settings, meta: dict[str, Any], result: RestoreResult, passed: bool,
                  where: str, version: str, total: float) -> Path:
     directory = ensure_private_dir(reports_dir(settings))
@@ -185,6 +198,8 @@ def write_report(settings: Settings, meta: dict[str, Any], result: RestoreResult
         f"- Time to restore: {result.restore_seconds:.1f} s; whole drill {total:.1f} s",
         f"- pgrunbook {tui.__version__}",
     ]
+    lines += ["", "## How this drill differs from the source", ""]
+    lines += [f"- {d}" for d in drill_differences(meta, result)]
     if result.filtered:
         lines += ["", "Left out because the target cannot accept them:", ""]
         lines += [f"- `{t}`" for t in result.filtered]

@@ -115,6 +115,7 @@ class RestoreResult:
     not_restored: list[str] = field(default_factory=list)  # tables whose data was left out
     recreated: list[str] = field(default_factory=list)  # outside objects put back
     gone: list[str] = field(default_factory=list)  # outside objects the restore lost
+    notes: list[str] = field(default_factory=list)  # what a fresh cluster got (roles made)
 
     @property
     def passed(self) -> bool:
@@ -563,9 +564,10 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
                 emit(Notice("info", f"database {target.dbname!r} does not exist: creating it."))
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
             names = names_of(toc, entry.meta.get("schemas") or [], entry.meta.get("roles") or [])
+            notes: list[str] = []
             if request.create_roles and kind.superuser:
                 # Event triggers must be owned by a superuser: their owners are made one here.
-                _create_roles(conn, entry, emit, superusers={
+                notes = _create_roles(conn, entry, emit, superusers={
                     names[e.dump_id].owner for e in toc.entries if e.desc == "EVENT TRIGGER"})
             if request.terminate_connections and not missing_db:
                 _terminate(conn, target.dbname)
@@ -625,7 +627,7 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
         undo_command=undo_command(target, safety_name) if safety_name else None,
         target_kind=kind.kind, warnings=[w.describe() for w in warned],
         not_restored=_not_restored(entry.meta, names, toc, skipped),
-        recreated=outside.recreated, gone=outside.gone,
+        recreated=outside.recreated, gone=outside.gone, notes=notes,
     )
     if failed:
         raise _failure(entry, target, code, failed, warned, result)
@@ -970,7 +972,7 @@ def _roles_sql(entry: BackupEntry) -> str | None:
 
 
 def _create_roles(conn: psycopg.Connection[Any], entry: BackupEntry, emit: Emit,
-                  superusers: set[str]) -> None:
+                  superusers: set[str]) -> list[str]:
     """The roles the archive names, for a restore into a fresh cluster (a drill): from the
     backup's roles file with their attributes and memberships (no passwords), else NOLOGIN;
     event triggers' owners must be superusers and are made so. Existing roles are left as
@@ -995,15 +997,19 @@ def _create_roles(conn: psycopg.Connection[Any], entry: BackupEntry, emit: Emit,
         if role in made + plain and not existing.get(role, False):
             conn.execute(sql.SQL("ALTER ROLE {} SUPERUSER").format(sql.Identifier(role)))
             raised.append(role)
+    notes = []
     if made:
-        emit(Notice("info", f"created {len(made)} role(s) from the backup's roles file "
-                            "(attributes and memberships, without passwords)"))
+        notes.append(f"created {len(made)} role(s) from the backup's roles file (attributes "
+                     "and memberships, without passwords)")
     if plain:
-        emit(Notice("info", f"created {len(plain)} role(s) the archive names as NOLOGIN, "
-                            "without attributes or memberships"
-                            + ("" if text else " (the backup has no roles file)")))
+        notes.append(f"created {len(plain)} role(s) the archive names as NOLOGIN, without "
+                     "attributes or memberships"
+                     + ("" if text else " (the backup has no roles file)"))
     if raised:
-        emit(Notice("info", f"made superusers, to own event triggers: {', '.join(raised)}"))
+        notes.append(f"made superusers, to own event triggers: {', '.join(raised)}")
+    for note in notes:
+        emit(Notice("info", note))
+    return notes
 
 
 async def _safety_backup(settings: Settings, request: RestoreRequest, entry: BackupEntry,
