@@ -4,8 +4,10 @@ Before the target is touched, in this order: the archive's SHA-256 matches its m
 pg_restore can read it; the pg_restore found is new enough for the archive; the target answers;
 the operator confirms (a production target needs its database name typed); other sessions on the
 target are listed (and ended only when asked); a safety backup of the target's current state is
-taken and verified. Then pg_restore runs from a regular local file, and exact row counts are
-compared with the backup's. Any non-zero exit of pg_restore is a failed restore.
+taken and verified. Then the schemas the archive restores are emptied, pg_restore runs from a
+regular local file with what the target may not take left out (`restore_scope`), and exact row
+counts and the application's state are compared with the backup's. pg_restore's errors are
+classified (`restore_errors`): known-harmless ones are warnings, any other fails the restore.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from tui.core.oplog import OperationLog
 from tui.core.pgtools import DatabaseMissing, PgTool, connect, find_tool, libpq_env
 from tui.core.restore_errors import ErrorReader, RestoreError, Warned, classify
 from tui.core.restore_scope import (
-    MANAGED_SCHEMAS,
     EntryName,
     LeftOut,
     OutsideDependents,
@@ -63,7 +64,6 @@ from tui.core.verify import (
     verify_counts,
 )
 
-SUPABASE_MANAGED_SCHEMAS = MANAGED_SCHEMAS
 MAX_DEFAULT_JOBS = 8
 
 
