@@ -12,7 +12,13 @@ import uuid
 from pathlib import Path
 
 from tests.conftest import Workspace
-from tests.supabase_shape import APP_TABLES, AUTH_TABLES, EVENT_TRIGGERS, SupabaseServer
+from tests.supabase_shape import (
+    APP_TABLES,
+    AUTH_TABLES,
+    EVENT_TRIGGERS,
+    STORAGE_TABLES,
+    SupabaseServer,
+)
 from tui.core.archive import parse_toc
 from tui.core.restore_errors import ErrorReader, classify
 from tui.core.restore_scope import TargetKind, names_of, plan_entries
@@ -88,6 +94,35 @@ def test_restore_latest_on_supabase_restores_the_application_and_passes(
     end = [a for a in audit if a.get("operation") == "restore" and a.get("result")][-1]
     assert end["result"] == "ok" and end["target_kind"] == "supabase"
     assert "auth.users" in end["not_restored"]
+
+
+def test_into_a_fresh_project_the_managed_tables_data_comes_back(
+    supabase_workspace: Workspace, supabase_server: SupabaseServer,
+) -> None:
+    """Disaster recovery into a new project: its auth and storage tables are empty, so their
+    data is loaded (referenced tables first, their sequences set); a table with rows on the
+    target is never replaced."""
+    ws, server, db = supabase_workspace, supabase_server, supabase_workspace.dbname
+    meta = _backup(ws)
+    with server.admin(db) as conn:  # what a new project has: empty managed tables
+        conn.execute("TRUNCATE " + ", ".join(f"{s}.{t}" for s, t in AUTH_TABLES + STORAGE_TABLES)
+                     + " RESTART IDENTITY CASCADE")
+    proc = ws.run("restore", "latest", "--yes", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "loading the data of" in proc.stderr and "auth.users" in proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["result"] == "PASS"
+    expected = _expected(meta, AUTH_TABLES + STORAGE_TABLES + APP_TABLES)
+    assert server.counts(db, AUTH_TABLES + STORAGE_TABLES + APP_TABLES) == expected
+    # The verification compared them too, and their sequences are past their rows.
+    verified = {f"{t['schema']}.{t['table']}" for t in result["verification"]["tables"]}
+    assert {"auth.users", "storage.objects", "auth.refresh_tokens"} <= verified
+    assert "auth.users" not in result["not_restored"]
+    with server.admin(db) as conn:
+        conn.execute("INSERT INTO auth.refresh_tokens (token, user_id, session_id) "
+                     "SELECT 'new', user_id::text, session_id FROM auth.refresh_tokens LIMIT 1")
+    # Sign-ups go on filling profiles.
+    assert _has_profile(server, db, _sign_up(server, db))
 
 
 def test_a_trigger_added_since_on_a_managed_table_is_recreated(

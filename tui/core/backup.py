@@ -76,6 +76,7 @@ from tui.core.pgtools import (
     server_version,
     supports_zstd,
 )
+from tui.core.restore_scope import MANAGED_SCHEMAS
 from tui.core.roles import RolesUnreadable, dump_roles, roles_path_for
 from tui.core.s3 import S3Config, StreamUpload, s3_config
 from tui.core.settings import Settings, parse_compression
@@ -217,6 +218,22 @@ def _dumpable_tables(conn: Conn) -> list[tuple[int, str, str]]:
         """
     ).fetchall()
     return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+def _managed_columns(conn: Conn, tables: Sequence[tuple[int, str, str]]) -> dict[str, list[str]]:
+    """The columns of the tables in Supabase's managed schemas ("auth.users": [names in order]):
+    a restore into a project whose managed table is empty loads their data only when the
+    target's columns are the same (tui.core.restore_scope)."""
+    oids = [t[0] for t in tables if t[1] in MANAGED_SCHEMAS]
+    if not oids:
+        return {}
+    rows = conn.execute(
+        "SELECT n.nspname || '.' || c.relname, array_agg(a.attname::text ORDER BY a.attnum)"
+        " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped GROUP BY 1",
+        [oids]).fetchall()
+    return {str(r[0]): [str(x) for x in cast(list[str], r[1])] for r in rows}
 
 
 def _count(conn: Conn, tables: Sequence[tuple[int, str, str]]) -> dict[int, int]:
@@ -559,6 +576,7 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
             t for t in _dumpable_tables(conn)
             if not _excluded(t[1], t[2], request.exclude_schema, request.exclude_table_data)
         ]
+        managed_columns = _managed_columns(conn, tables)
         # Grants, RLS, sequences, publications...: catalog reads in the dump's snapshot, on a
         # connection of their own beside pg_dump (60 ms before it, on 3,000 tables).
         app_task = asyncio.ensure_future(asyncio.to_thread(_app_state, settings, snapshot))
@@ -622,6 +640,7 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         "tables": counted,
         "total_rows": sum(counts.values()),
         "app_state": app_state,
+        "managed_columns": managed_columns,
         "operator": operator_identity(),
         "tool": {"name": "pgrunbook", "version": tui.__version__},
     }

@@ -45,10 +45,12 @@ from tui.core.restore_errors import ErrorReader, RestoreError, Warned, classify
 from tui.core.restore_scope import (
     EntryName,
     LeftOut,
+    ManagedData,
     OutsideDependents,
     TargetKind,
     deferred_foreign_keys,
     detect_kind,
+    managed_data,
     names_of,
     plan_entries,
 )
@@ -573,27 +575,35 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
                 _terminate(conn, target.dbname)
 
             plan = plan_entries(toc, names, kind, app_schemas_only=request.app_schemas_only)
-            left_out = plan.left_out
-            skipped = [item.entry for item in left_out]
-            _report_left_out(left_out, kind, emit)
+            skipped = [item.entry for item in plan.left_out]  # by the main pg_restore
             restored = [schema for schema in restored_schemas(toc, names, skipped)
                         if schema not in plan.keep_schemas]
             outside = OutsideDependents()
+            managed = ManagedData()
             if not missing_db:
                 conn.execute(sql.SQL("SET lock_timeout = {}").format(
                     sql.Literal(request.lock_timeout)))
                 outside = await _blocking(conn, OutsideDependents.read, conn, restored)
                 await _blocking(conn, _replace_schemas, conn, restored, emit, target,
                                 safety_name)
+                if kind.kind == "supabase":
+                    managed = await _blocking(conn, managed_data, conn, toc, names,
+                                              plan.left_out, entry.meta)
+            loaded = {e.dump_id for e in managed.entries}
+            left_out = [item for item in plan.left_out if item.entry.dump_id not in loaded]
+            _report_left_out(left_out, kind, emit)
+            _report_managed(managed, emit)
+            not_loaded = [item.entry for item in left_out]  # what the restore leaves out
             options = session_options(conn, settings, request)
             restore_started = time.monotonic()
             state["restoring"] = True
             early, reader, code = await _pg_restore(
                 settings, request, entry, toc, skipped, pg_restore, emit, unpacker, options,
-                kind, _verified_meta(entry.meta, names, toc, skipped),
+                kind, _verified_meta(entry.meta, names, toc, not_loaded),
                 deferred_foreign_keys(toc, names, {e.dump_id for e in skipped}),
                 app_schemas=set(restored),
-                clean=needs_clean(toc, names, skipped, None if missing_db else restored))
+                clean=needs_clean(toc, names, skipped, None if missing_db else restored),
+                preload=managed.entries)
             restore_seconds = time.monotonic() - restore_started
             state["restoring"] = False
             await _blocking(conn, outside.restore, conn)
@@ -618,7 +628,7 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
             report = await asyncio.to_thread(early.finish)
         else:
             report = await asyncio.to_thread(
-                verify_counts, settings, _verified_meta(entry.meta, names, toc, skipped),
+                verify_counts, settings, _verified_meta(entry.meta, names, toc, not_loaded),
                 jobs=request.jobs or default_jobs(), emit=emit, app_schemas=set(restored))
     result = RestoreResult(
         backup=entry.name, target=target, safety_backup=safety_name, safety_note=safety_note,
@@ -626,7 +636,7 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
         filtered=[item.describe() for item in left_out], verify=report,
         undo_command=undo_command(target, safety_name) if safety_name else None,
         target_kind=kind.kind, warnings=[w.describe() for w in warned],
-        not_restored=_not_restored(entry.meta, names, toc, skipped),
+        not_restored=_not_restored(entry.meta, names, toc, not_loaded),
         recreated=outside.recreated, gone=outside.gone, notes=notes,
     )
     if failed:
@@ -703,6 +713,26 @@ def _not_restored(meta: dict[str, Any], names: dict[int, EntryName], toc: Toc,
     left = _left_out_tables(names, skipped)
     return [f"{t['schema']}.{t['name']}" for t in meta.get("tables", [])
             if (str(t["schema"]), str(t["name"])) in left]
+
+
+async def _preload(pg_restore: PgTool, target: Target, archive: Path, entries: list[TocEntry],
+                   env: dict[str, str], emit: Emit,
+                   use_list: Callable[..., str]) -> tuple[ErrorReader, int]:
+    """The managed tables' data (ManagedData), loaded first, serially, in the list's order:
+    their foreign keys exist on the target, so referenced tables go first."""
+    emit(PhaseStarted("restoring", f"the data of {len(entries)} managed entries the target "
+                                   "has none of, referenced tables first"))
+    argv = [str(pg_restore.path), "--verbose", "--data-only", "--no-password",
+            f"--dbname={target.dbname}", use_list(set(), "managed", entries), str(archive)]
+    return await _run_pg_restore(argv, env, {e.dump_id for e in entries}, emit)
+
+
+def _report_managed(managed: ManagedData, emit: Emit) -> None:
+    if managed.tables:
+        emit(Notice("info", f"loading the data of {len(managed.tables)} managed table(s) that "
+                            f"are empty on the target: {', '.join(managed.tables)}"))
+    for table, why in sorted(managed.kept.items()):
+        emit(RestoreLine(f"data of {table} kept as the target has it: {why}", False))
 
 
 def _report_left_out(left_out: list[LeftOut], kind: TargetKind, emit: Emit) -> None:
@@ -1166,6 +1196,7 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
                       unpacker: _Unpacker, options: dict[str, str], kind: TargetKind,
                       verified_meta: dict[str, Any], deferred: set[int],
                       app_schemas: set[str] | None = None, clean: bool = True,
+                      preload: list[TocEntry] | None = None,
                       ) -> tuple[TableVerifier | None, ErrorReader, int]:
     """Run pg_restore; (the early verifier, its errors, its exit code). Its errors are
     classified by the caller, which runs the verification whatever they are. The `deferred`
@@ -1181,10 +1212,13 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
                 f"--jobs={jobs}", f"--dbname={target.dbname}", *owners]
         skip = {e.dump_id for e in skipped}
 
-        def use_list(leave_out: set[int], suffix: str) -> str:
+        def use_list(leave_out: set[int], suffix: str, only: list[TocEntry] | None = None) -> str:
+            """A --use-list file: the archive's entries but `leave_out`, or `only` these, in
+            this order (a serial pg_restore follows the list's order)."""
             listfile = temp_path_for(settings.backup_dir / f"{entry.name}.{suffix}")
             work.append(listfile)
-            lines = [(";" if e.dump_id in leave_out else "") + e.line for e in toc.entries]
+            lines = [e.line for e in only] if only is not None else [
+                (";" if e.dump_id in leave_out else "") + e.line for e in toc.entries]
             fd = os.open(listfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
@@ -1217,8 +1251,14 @@ async def _pg_restore(settings: Settings, request: RestoreRequest, entry: Backup
         with libpq_env(target, settings) as env:
             env["PGOPTIONS"] = _pgoptions(env, options)
             try:
+                pre_reader, pre_code = ErrorReader(), 0
+                if preload:
+                    pre_reader, pre_code = await _preload(
+                        pg_restore, target, archive, preload, env, emit, use_list)
                 reader, code = await _run_pg_restore(argv, env, dump_ids - deferred, emit, early,
                                                      total=len(dump_ids))
+                reader.errors[:0] = pre_reader.errors
+                code = code or pre_code
                 if deferred:
                     emit(PhaseStarted("restoring", f"{len(deferred)} foreign key(s) of "
                                                    "partitioned tables, once all data is in"))

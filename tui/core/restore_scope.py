@@ -269,3 +269,116 @@ class OutsideDependents:
             except psycopg.Error as exc:
                 self.gone.append(f"{t.describe()} ({exc.diag.message_primary or exc})")
         self.gone.extend(self.others)
+
+
+# -- data of managed tables, into a project that has none yet -------------------------------------
+
+
+@dataclass
+class ManagedData:
+    """Data of tables in the managed schemas that a Supabase restore does load: only into a
+    table that is empty on the target (a fresh project, as in disaster recovery), with the same
+    columns as in the backup, which the operator may insert into, with no INSERT trigger to
+    fire, whose foreign keys point only at tables loaded with it, and whose own sequences the
+    operator may set. A table with rows is never touched: its rows are live (sign-ups since the
+    backup), and replacing them is no restore's default. `entries` are in the order to load
+    them (referenced tables first), each table's SEQUENCE SET entries after its data."""
+
+    entries: list[TocEntry] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)  # table -> why its data is not loaded
+
+
+_MANAGED_TARGET = """
+SELECT n.nspname || '.' || c.relname,
+       ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid
+             AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+       has_table_privilege(c.oid, 'INSERT'),
+       EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+               AND t.tgenabled <> 'D' AND (t.tgtype & 4) <> 0),
+       ARRAY(SELECT DISTINCT rn.nspname || '.' || rc.relname FROM pg_constraint k
+             JOIN pg_class rc ON rc.oid = k.confrelid
+             JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+             WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.confrelid <> c.oid),
+       ARRAY(SELECT sn.nspname || '.' || s.relname FROM pg_depend d
+             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+             JOIN pg_namespace sn ON sn.oid = s.relnamespace
+             WHERE d.refobjid = c.oid AND d.classid = 'pg_class'::regclass
+               AND d.deptype IN ('a', 'i')),
+       ARRAY(SELECT sn.nspname || '.' || s.relname FROM pg_depend d
+             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+             JOIN pg_namespace sn ON sn.oid = s.relnamespace
+             WHERE d.refobjid = c.oid AND d.classid = 'pg_class'::regclass
+               AND d.deptype IN ('a', 'i')
+               AND CASE WHEN s.relkind = 'S' THEN NOT has_sequence_privilege(s.oid, 'UPDATE')
+                   ELSE false END)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname || '.' || c.relname = ANY(%s)
+"""
+
+
+def managed_data(conn: psycopg.Connection[Any], toc: Toc, names: dict[int, EntryName],
+                 left_out: list[LeftOut], meta: dict[str, Any]) -> ManagedData:
+    from psycopg import sql
+
+    plan = ManagedData()
+    candidates = {f"{names[i.entry.dump_id].schema}.{names[i.entry.dump_id].tag}": i.entry
+                  for i in left_out if i.entry.desc == "TABLE DATA"
+                  and names[i.entry.dump_id].schema in MANAGED_SCHEMAS}
+    if not candidates:
+        return plan
+    rows_in_backup = {f"{t['schema']}.{t['name']}": int(t["rows"]) for t in meta["tables"]}
+    columns = meta.get("managed_columns") or {}
+    target = {str(r[0]): r for r in conn.execute(_MANAGED_TARGET, [sorted(candidates)])}
+    ok: dict[str, tuple[list[str], list[str]]] = {}  # table -> (references, sequences)
+    for table in sorted(candidates):
+        row = target.get(table)
+        why = None
+        if rows_in_backup.get(table, 0) == 0:
+            continue  # nothing to load, nothing lost
+        if table not in columns:
+            why = "the backup does not record its columns (made by an older pgrunbook)"
+        elif row is None:
+            why = "the target has no such table"
+        elif list(row[1]) != columns[table]:
+            why = "its columns on the target differ from the backup's (another version)"
+        elif not row[2]:
+            why = "the operator may not insert into it"
+        elif row[3]:
+            why = "it has an INSERT trigger on the target"
+        elif row[6]:
+            why = f"the operator may not set its sequence {row[6][0]}"
+        if why is None:
+            schema, name = table.split(".", 1)
+            has_rows = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {}.{})").format(
+                sql.Identifier(schema), sql.Identifier(name))).fetchone()
+            if has_rows and has_rows[0]:
+                why = "it has rows on the target (live data, never replaced by default)"
+        if why is None:
+            assert row is not None
+            ok[table] = ([str(x) for x in row[4]], [str(x) for x in row[5]])
+        else:
+            plan.kept[table] = why
+    changed = True
+    while changed:  # a table whose foreign keys point at a table not loaded stays as it is
+        changed = False
+        for table, (refs, _seqs) in list(ok.items()):
+            outside = [r for r in refs if r not in ok]
+            if outside:
+                plan.kept[table] = f"it references {outside[0]}, whose data is not loaded"
+                del ok[table]
+                changed = True
+    ordered: list[str] = []
+    while len(ordered) < len(ok):  # referenced tables first (foreign keys exist on the target)
+        ready = sorted(t for t, (refs, _s) in ok.items()
+                       if t not in ordered and all(r in ordered for r in refs))
+        if not ready:  # a cycle: load the rest in name order, the keys then say what fails
+            ready = sorted(t for t in ok if t not in ordered)
+        ordered.extend(ready)
+    sequence_sets = {f"{names[e.dump_id].schema}.{names[e.dump_id].tag}": e
+                     for e in toc.entries if e.desc == "SEQUENCE SET"}
+    for table in ordered:
+        plan.entries.append(candidates[table])
+        plan.entries.extend(sequence_sets[s] for s in ok[table][1] if s in sequence_sets)
+        plan.tables.append(table)
+    return plan
