@@ -420,8 +420,12 @@ def _print_restore(result: Any, failed: bool = False) -> None:
              "lost (LOST above).")
     if result.passed:
         if result.warnings or result.filtered:
-            _out(f"PASS with {len(result.warnings) + len(result.filtered)} warning(s): see "
-                 "above.")
+            kept = f"{len(result.filtered)} entries kept as the target's own" \
+                if result.filtered else ""
+            harmless = f"{len(result.warnings)} harmless pg_restore error(s)" \
+                if result.warnings else ""
+            _out(f"PASS with warnings: {'; '.join(t for t in (kept, harmless) if t)} "
+                 "(listed above).")
         if result.safety_backup:
             _out(f"The safety backup {result.safety_backup} holds the state before this "
                  "restore.")
