@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from tui.core.errors import OperationFailed
@@ -25,12 +26,16 @@ class TocEntry:
     text: str
     line: str
 
-    @property
+    @cached_property
     def desc(self) -> str:
-        for desc in _DESCS:
-            if self.text.startswith(desc + " "):
-                return desc
-        return self.text.split(" ", 1)[0]
+        """The entry's kind ("TABLE DATA", "FK CONSTRAINT", ...): the longest known run of its
+        first words (at most four set look-ups; read for every entry of every archive)."""
+        words = self.text.split(" ", _LONGEST_DESC)
+        for n in range(min(_LONGEST_DESC, len(words) - 1), 0, -1):
+            head = " ".join(words[:n])
+            if head in _DESC_SET:
+                return head
+        return words[0]
 
 
 # Multi-word descriptions first, so "TABLE DATA" is not read as "TABLE".
@@ -47,6 +52,10 @@ _DESCS = sorted(
      "ACCESS METHOD", "FOREIGN DATA WRAPPER", "POLICY"],
     key=len, reverse=True,
 )
+
+
+_DESC_SET = frozenset(_DESCS)
+_LONGEST_DESC = max(d.count(" ") + 1 for d in _DESCS)
 
 
 @dataclass
