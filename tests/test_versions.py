@@ -208,3 +208,57 @@ def test_server_binaries_look_in_pg_bin_dir_and_beside_the_client_tools(tmp_path
         server_binaries(99, links)
     text = str(info.value)
     assert "no PostgreSQL server 99 or newer" in text and "postgresql-99" in text
+
+
+# -- a Supabase-shaped project on PostgreSQL 17 (Supabase's default), with the 18 client -------
+
+
+@pytest.fixture(scope="module")
+def supabase_17() -> Iterator[object]:
+    from tests.supabase_shape import start_cluster
+
+    server = start_cluster(PASSWORD, bindir=need_server(17))
+    try:
+        yield server
+    finally:
+        server.cluster.stop()
+
+
+def test_supabase_on_17_backs_up_restores_and_drills_with_the_18_client(
+    supabase_17: object, tmp_path: Path,
+) -> None:
+    from tests.supabase_shape import APP_TABLES, SupabaseServer, create_template
+
+    server = supabase_17
+    assert isinstance(server, SupabaseServer) and server.cluster.major == 17
+    db = server.create_db(template=create_template(server, name="tpl_sb17"))
+    client18 = need_client(18)
+    ws = Workspace(tmp_path, server, db)  # type: ignore[arg-type]
+    ws.write_env(PG_BIN_DIR=str(client18))
+    out = json.loads(ws.run("backup", "--json", check=True).stdout)
+    meta = json.loads(Path(out["meta_path"]).read_text())
+    assert meta["pg_dump_version"].startswith("18.") and meta["server_version"].startswith("17.")
+    with server.connect(db) as conn:
+        conn.execute("DELETE FROM public.todos WHERE id % 2 = 0")
+    proc = ws.run("restore", "latest", "--yes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "VERIFICATION PASS" in proc.stdout
+    expected = {(t["schema"], t["name"]): t["rows"] for t in meta["tables"]}
+    assert server.counts(db, APP_TABLES) == {t: expected[t] for t in APP_TABLES}
+    # The 18 server beside that client lacks pgcrypto and uuid-ossp, which the backup uses:
+    # the drill says so before it starts anything.
+    proc = ws.run("drill")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "can create the extensions the backup uses" in proc.stderr
+    assert "lacks pgcrypto, uuid-ossp" in proc.stderr and "Traceback" not in proc.stderr
+    # With a 17 server that has them beside the 18 client tools, the drill passes.
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for name in ("pg_dump", "pg_restore", "psql", "pg_dumpall"):
+        (tools / name).symlink_to(client18 / name)
+    for name in ("initdb", "pg_ctl", "postgres"):
+        (tools / name).symlink_to(need_server(17) / name)
+    ws.write_env(PG_BIN_DIR=str(tools))
+    proc = ws.run("drill")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Drill PASS" in proc.stdout and "PostgreSQL 17" in proc.stdout

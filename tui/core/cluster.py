@@ -83,6 +83,12 @@ class ThrowawayCluster:
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{dbname}"
 
+    def _bin(self, name: str) -> Path:
+        """A server binary by its real path: the server runs as `postgres`, which may not
+        enter a directory of links that points at it (PG_BIN_DIR in a private directory)."""
+        assert self.bindir is not None
+        return (self.bindir / name).resolve()
+
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> ThrowawayCluster:
         if self.bindir_wanted is not None:
@@ -123,7 +129,7 @@ class ThrowawayCluster:
 
     def _initdb(self) -> None:
         assert self.bindir is not None and self.base_dir is not None
-        argv = [str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", self.user,
+        argv = [str(self._bin("initdb")), "-D", str(self.data_dir), "-U", self.user,
                 "-E", "UTF8", "--locale=C.UTF-8", "--no-sync", "--no-instructions"]
         pwfile = self.base_dir / "pwfile"
         if self.password:
@@ -154,7 +160,7 @@ class ThrowawayCluster:
                 "-c full_page_writes=off" if not self.fsync else "",
             ]
             opts += [f"-c {k}={v}" for k, v in self.extra_conf.items()]
-            argv = [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-l",
+            argv = [str(self._bin("pg_ctl")), "-D", str(self.data_dir), "-l",
                     str(self.log_file), "-w", "-t", "60", "start", "-o",
                     " ".join(o for o in opts if o)]
             try:
@@ -179,7 +185,7 @@ class ThrowawayCluster:
         if self._started and self.bindir is not None:
             with contextlib.suppress(subprocess.TimeoutExpired, OSError):
                 subprocess.run(
-                    _as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir),
+                    _as_server_user([str(self._bin("pg_ctl")), "-D", str(self.data_dir),
                                      "-m", "fast", "-w", "-t", "30", "stop"]),
                     capture_output=True, check=False, timeout=60,
                 )
@@ -229,7 +235,7 @@ class ThrowawayCluster:
         if self.base_dir is None or self.bindir is None:
             return False
         proc = subprocess.run(
-            _as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "status"]),
+            _as_server_user([str(self._bin("pg_ctl")), "-D", str(self.data_dir), "status"]),
             capture_output=True, check=False,
         )
         return proc.returncode == 0

@@ -26,7 +26,7 @@ from tui.core.errors import OperationFailed, PgRunbookError
 from tui.core.events import Emit, Notice, PhaseStarted, ignore
 from tui.core.fsutil import atomic_write_bytes, ensure_private_dir
 from tui.core.metadata import read_meta, write_meta
-from tui.core.pgtools import connect, server_binaries
+from tui.core.pgtools import ServerLacksExtensions, connect, server_binaries
 from tui.core.restore import RestoreRequest, RestoreResult, resolve_backup, run_restore
 from tui.core.settings import Settings, Target
 from tui.core.verify import VerifyReport
@@ -94,9 +94,13 @@ async def _drill_throwaway(settings: Settings, entry: Any, jobs: int | None,
     emit(PhaseStarted("starting", "a throwaway PostgreSQL for the drill"))
     try:
         # PG_BIN_DIR, the client tools' directories and Debian's layout.
-        _major, bindir = server_binaries(source_major, settings.pg_bin_dir)
+        _major, bindir = server_binaries(source_major, settings.pg_bin_dir,
+                                         extensions=_extensions_of(entry.meta))
         cluster = ThrowawayCluster(bindir=bindir)
         await asyncio.to_thread(cluster.start)
+    except ServerLacksExtensions as exc:
+        raise OperationFailed(f"cannot drill {entry.name}: {exc.message}",
+                              f"{exc.hint} Or drill with --target NAME.") from None
     except PgRunbookError as exc:
         raise OperationFailed(
             f"cannot start a PostgreSQL {source_major or ''} server for the drill: {exc.message}",
@@ -116,6 +120,14 @@ async def _drill_throwaway(settings: Settings, entry: Any, jobs: int | None,
             _server_version(drill_settings, target)
     finally:
         await asyncio.to_thread(cluster.stop)
+
+
+def _extensions_of(meta: dict[str, Any]) -> frozenset[str]:
+    """The extensions the backup's database had (its app_state), which the drill's server must
+    be able to create."""
+    recorded = (meta.get("app_state") or {}).get("extensions") or []
+    return frozenset(str(e["name"]) for e in recorded if isinstance(e, dict) and e.get("name")
+                     and e["name"] != "plpgsql")
 
 
 def _server_version(settings: Settings, target: Target) -> str:

@@ -44,6 +44,10 @@ class ToolVersionError(ConfigError):
     """No client tool fits the server (or the archive)."""
 
 
+class ServerLacksExtensions(ConfigError):
+    """Servers of the version needed exist, but none can create the backup's extensions."""
+
+
 class DatabaseMissing(OperationFailed):
     """The server answered, and the database named does not exist on it."""
 
@@ -158,13 +162,27 @@ def _has_server(bindir: Path) -> bool:
                for n in ("initdb", "pg_ctl", "postgres"))
 
 
+def server_extensions(bindir: Path, major: int) -> set[str] | None:
+    """The extensions a server installation can create (its `extension/*.control` files), or
+    None when its share directory is not where the known layouts put it."""
+    real = bindir.resolve()
+    for share in (real.parent / "share" / "postgresql", real.parent / "share",
+                  Path("/usr/share/postgresql") / str(major)):
+        directory = share / "extension"
+        if directory.is_dir():
+            return {c.name[:-len(".control")] for c in directory.glob("*.control")}
+    return None
+
+
 def server_binaries(min_major: int | None = None,
-                    pg_bin_dir: Path | None = None) -> tuple[int, Path]:
+                    pg_bin_dir: Path | None = None,
+                    extensions: frozenset[str] = frozenset()) -> tuple[int, Path]:
     """A PostgreSQL server installation (initdb, pg_ctl, postgres) on this machine.
 
     Looks in `pg_bin_dir` (PG_BIN_DIR), beside the pg_dump and pg_restore that would be used,
-    in /usr/lib/postgresql/*/bin and beside an initdb on PATH. A server in `pg_bin_dir` that is
-    new enough wins; otherwise the newest one found.
+    in /usr/lib/postgresql/*/bin and beside an initdb on PATH. Of those new enough and able to
+    create `extensions` (the backup's; the PyPI builds lack pgcrypto and uuid-ossp, say), one
+    in `pg_bin_dir` wins; otherwise the newest.
     """
     found: dict[Path, tuple[int, Path]] = {}
 
@@ -200,12 +218,28 @@ def server_binaries(min_major: int | None = None,
     if initdb:
         consider(Path(initdb).resolve().parent)
 
-    def fits(entry: tuple[int, Path]) -> bool:
+    def new_enough(entry: tuple[int, Path]) -> bool:
         return min_major is None or entry[0] >= min_major
+
+    def lacks(entry: tuple[int, Path]) -> set[str]:
+        have = server_extensions(entry[1], entry[0])
+        return set() if have is None else set(extensions) - have
+
+    def fits(entry: tuple[int, Path]) -> bool:
+        return new_enough(entry) and not lacks(entry)
 
     if preferred is not None and fits(found[preferred]):
         return found[preferred]
     fitting = [f for f in found.values() if fits(f)]
+    short = [f for f in found.values() if new_enough(f) and lacks(f)]
+    if not fitting and short:
+        have = "; ".join(f"{m} in {d} lacks {', '.join(sorted(lacks((m, d))))}"
+                         for m, d in sorted(short))
+        raise ServerLacksExtensions(
+            f"no PostgreSQL server here can create the extensions the backup uses ({have}).",
+            "Install that server's contrib extensions (apt install postgresql-contrib), or set "
+            "PG_BIN_DIR to a server that has them.",
+        )
     if not fitting:
         need = f" {min_major} or newer" if min_major else ""
         have = ", ".join(f"{m} in {d}" for m, d in sorted(found.values())) or "none"
