@@ -741,6 +741,19 @@ def print_diagnostics(diag: list[Result], tool_results: list[Result],
 # -- main -------------------------------------------------------------------------------------
 
 
+
+def write_json(path: str, started_at: datetime, **fields: Any) -> None:
+    """The run's numbers as JSON: when, on what machine, the fields given, and the units."""
+    payload = {
+        "started_at": started_at.isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        **fields,
+        "units": {"size": "bytes", "rss": "bytes", "time": "seconds"},
+    }
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    log(f"\nwrote {path}")
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--scale", type=int, default=DEFAULT_SCALE,
@@ -833,18 +846,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             exit_code = max(exit_code, 1)
 
         if args.json:
-            payload = {
-                "started_at": started_at.isoformat(),
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()},
-                "database": db,
-                "results": [asdict(r) for r in results],
-                "diagnostics": [asdict(r) for r in diag_results],
-                "goals": goals,
-                "units": {"size": "bytes", "rss": "bytes", "time": "seconds"},
-            }
-            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-            log(f"\nwrote {args.json}")
+            write_json(args.json, started_at,
+                database=db,
+                results=[asdict(r) for r in results],
+                diagnostics=[asdict(r) for r in diag_results],
+                goals=goals,
+            )
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -246,19 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(safety backup {full.extra.get('safety_backup_seconds')} s inside)")
 
         if args.json:
-            payload = {
-                "started_at": started_at.isoformat(),
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()},
-                "database": db,
-                "jobs": jobs,
-                "results": [asdict(r) for r in results],
-                "ratios": ratios,
-                "goals": goals,
-                "units": {"size": "bytes", "rss": "bytes", "time": "seconds"},
-            }
-            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-            log(f"\nwrote {args.json}")
+            bb.write_json(args.json, started_at,
+                database=db,
+                jobs=jobs,
+                results=[asdict(r) for r in results],
+                ratios=ratios,
+                goals=goals,
+            )
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -65,7 +65,6 @@ import functools
 import hashlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -699,21 +698,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             exit_code = max(exit_code, 1)
 
         if args.json:
-            payload = {
-                "started_at": started_at.isoformat(),
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()},
-                "database": db,
-                "archive": bench.info,
-                "jobs": jobs,
-                "results": [asdict(r) for r in results],
-                "diagnostics": [asdict(r) for r in diag_results],
-                "breakdown": breakdown,
-                "goals": goals,
-                "units": {"size": "bytes", "rss": "bytes", "time": "seconds"},
-            }
-            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-            log(f"\nwrote {args.json}")
+            bb.write_json(args.json, started_at,
+                database=db,
+                archive=bench.info,
+                jobs=jobs,
+                results=[asdict(r) for r in results],
+                diagnostics=[asdict(r) for r in diag_results],
+                breakdown=breakdown,
+                goals=goals,
+            )
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)

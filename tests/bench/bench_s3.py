@@ -65,7 +65,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -817,23 +816,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             exit_code = max(exit_code, 1)
 
         if args.json:
-            payload = {
-                "started_at": started_at.isoformat(),
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()},
-                "database": db,
-                "moto": {"version": moto_pkg.__version__, "endpoint": moto.endpoint,
+            bb.write_json(args.json, started_at,
+                database=db,
+                moto={"version": moto_pkg.__version__, "endpoint": moto.endpoint,
                          "bucket": BUCKET},
-                "upload": {"part_bytes": BASE_PART, "concurrency": CONCURRENCY},
-                "results": [asdict(r) for r in results],
-                "goals": goals,
-                "comparisons": comparisons,
-                "breakdown": parts,
-                "disturbed_runs": noisy,
-                "units": {"size": "bytes", "rss": "bytes", "time": "seconds"},
-            }
-            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-            log(f"\nwrote {args.json}")
+                upload={"part_bytes": BASE_PART, "concurrency": CONCURRENCY},
+                results=[asdict(r) for r in results],
+                goals=goals,
+                comparisons=comparisons,
+                breakdown=parts,
+                disturbed_runs=noisy,
+            )
     finally:
         moto.stop()
         cluster.stop()
