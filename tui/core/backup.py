@@ -55,7 +55,7 @@ from tui.core.fsutil import (
     publish,
     temp_path_for,
 )
-from tui.core.inventory import last_complete
+from tui.core.inventory import BackupEntry, last_complete
 from tui.core.locks import LockTable, lock_batches, lock_table
 from tui.core.metadata import (
     ARCHIVE_SUFFIX,
@@ -434,15 +434,16 @@ def _write_error(exc: OSError, tmp: Path, written: int) -> PgRunbookError:
     )
 
 
-def _check_space(settings: Settings, db_size: int, plan: _Plan, emit: Emit) -> int | None:
-    """Refuse early when the backup will not fit; returns the expected size for the ETA."""
-    previous = last_complete(settings.backup_dir)
+def _check_space(settings: Settings, previous: BackupEntry | None, db_size: int | None,
+                 plan: _Plan) -> int | None:
+    """Refuse early when the backup will not fit (`db_size` is read only when there is no
+    `previous` backup to go by); returns the expected size for the ETA."""
     if previous is not None and previous.size_bytes:
         expected = previous.size_bytes
         basis = f"the last backup's size ({previous.name})"
     else:
         ratio = 1.0 if plan.method == "none" else 0.8
-        expected = int(db_size * ratio)
+        expected = int((db_size or 0) * ratio)
         basis = "80% of the database size" if ratio < 1 else "the database size"
     free = shutil.disk_usage(settings.backup_dir).free
     need = int(expected * SPACE_MARGIN)
@@ -547,20 +548,23 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         pg_restore = find_tool("pg_restore", settings, major, "this archive")
         plan = _plan_compression(request.compression or settings.compression, pg_dump, emit)
         info = conn.execute(
-            "SELECT pg_database_size(current_database()),"
-            " ARRAY(SELECT nspname::text FROM pg_namespace"
+            "SELECT ARRAY(SELECT nspname::text FROM pg_namespace"
             "       WHERE nspname NOT IN ('pg_catalog','information_schema')"
             "         AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp\\_%'"
             "       ORDER BY 1)"
         ).fetchone()
         assert info is not None
-        db_size, schemas = int(str(info[0])), [str(s) for s in cast(list[str], info[1])]
+        schemas = [str(s) for s in cast(list[str], info[0])]
         # Roles the archive may name (owners, grantees, policies), so a drill can create them.
         roles = [str(r[0]) for r in conn.execute(
             "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1").fetchall()]
         is_superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
                                     ).fetchone()
-        expected = _check_space(settings, db_size, plan, emit)
+        # The database's size (a stat of every file: 26 ms with 3,000 tables) sizes the space
+        # check only when there is no earlier backup; else it is read beside pg_dump.
+        previous = last_complete(settings.backup_dir)
+        db_size = None if previous is not None and previous.size_bytes else _database_size(conn)
+        expected = _check_space(settings, previous, db_size, plan)
         locks = lock_table(conn)
 
         # One snapshot for the dump and the counts.
@@ -579,7 +583,8 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         managed_columns = _managed_columns(conn, tables)
         # Grants, RLS, sequences, publications...: catalog reads in the dump's snapshot, on a
         # connection of their own beside pg_dump (60 ms before it, on 3,000 tables).
-        app_task = asyncio.ensure_future(asyncio.to_thread(_app_state, settings, snapshot))
+        app_task = asyncio.ensure_future(asyncio.to_thread(
+            _app_state, settings, snapshot, db_size is None))
         emit(PhaseStarted("dumping", f"pg_dump {pg_dump.version}, {plan.description}"))
         upload_box: list[StreamUpload] = []
         with libpq_env(target, settings) as env:
@@ -592,7 +597,8 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
                 )
             finally:
                 roles_sql, roles_note = await asyncio.shield(roles_task)
-                app_state = await asyncio.shield(app_task)
+                app_state, side_size = await asyncio.shield(app_task)
+                db_size = db_size if db_size is not None else side_size
         with contextlib.suppress(psycopg.Error):
             conn.execute("ROLLBACK")
     finally:
@@ -665,16 +671,25 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
                         s3_key, upload_error)
 
 
-def _app_state(settings: Settings, snapshot: str) -> dict[str, Any]:
-    """The application state (tui.core.appstate) in the dump's exported snapshot, read on a
-    connection of its own while pg_dump runs; a failure is recorded, never fatal."""
+def _database_size(conn: Conn) -> int:
+    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def _app_state(settings: Settings, snapshot: str,
+               with_size: bool) -> tuple[dict[str, Any], int | None]:
+    """The application state (tui.core.appstate) in the dump's exported snapshot, and the
+    database's size when asked, read on a connection of their own while pg_dump runs; a
+    failure is recorded, never fatal."""
     try:
         with connect(settings.target, settings) as conn:
+            size = _database_size(conn) if with_size else None
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            return collect_for_backup(conn)
+            return collect_for_backup(conn), size
     except (PgRunbookError, psycopg.Error) as exc:
-        return {"format": APP_STATE_FORMAT, "error": str(exc).strip().splitlines()[0]}
+        return {"format": APP_STATE_FORMAT, "error": str(exc).strip().splitlines()[0]}, None
 
 
 def _read_roles(pg_dump: PgTool, env: dict[str, str]) -> tuple[bytes | None, str | None]:
