@@ -281,6 +281,8 @@ class _SnapshotCounter:
         # Locks per table: the table and each of its indexes (the planner opens them all).
         for batch in lock_batches(tables, lambda t: 1 + int(indexes.get(t[0], 0)),
                                   self.locks.batch):
+            if self._cancelled:
+                raise Interrupted("the row counts were cancelled.")
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             try:
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
@@ -310,8 +312,10 @@ class _SnapshotCounter:
         return counts
 
     def cancel(self) -> None:
+        """Stop the counts: no new batch starts, and the running statement is cancelled (call
+        again until `count` returns: a cancel between two statements reaches none)."""
+        self._cancelled = True
         with self._lock:
-            self._cancelled = True
             if self.conn is not None:
                 with contextlib.suppress(Exception):
                     self.conn.cancel_safe()
@@ -884,9 +888,13 @@ async def _dump(
             if procs:
                 await _reap(procs, pgid)
             if count_task is not None:
-                if not count_task.done():
-                    # The count runs in a thread on a connection of its own: cancel its query.
+                # The count runs in a thread on a connection of its own: cancel its query, and
+                # again while it runs (a cancel that reaches the server between two of its
+                # statements, or before the first, cancels nothing; one waiting on a lock
+                # would wait for as long as the lock is held).
+                while not count_task.done():
                     counter.cancel()
+                    await asyncio.wait([count_task], timeout=0.2)
                 # Awaited whatever its end, so a failure of its own is not left unretrieved.
                 with contextlib.suppress(BaseException):
                     await count_task
