@@ -240,6 +240,6 @@ def supabase_project_db(supabase_server: SupabaseServer, supabase_project_templa
 def supabase_workspace(tmp_path: Path, supabase_server: SupabaseServer,
                        supabase_project_db: str) -> Workspace:
     """A workspace whose `.env.deployment` logs in as `postgres` to a fresh project database."""
-    ws = Workspace(tmp_path, supabase_server, supabase_project_db)  # type: ignore[arg-type]
+    ws = Workspace(tmp_path, supabase_server, supabase_project_db)
     ws.write_env()
     return ws

@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from tests.conftest import Server
 from tui.core.cluster import ThrowawayCluster
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
@@ -49,27 +50,17 @@ _DATABASE_GRANTS = (
 
 
 @dataclass
-class SupabaseServer:
-    """Server-like (see tests/conftest.py `Server`): `.password` is the `postgres` login's."""
+class SupabaseServer(Server):
+    """conftest's `Server` of a Supabase-shaped cluster: `.password` is the `postgres` login's,
+    and `supabase_admin` (the superuser) connects for checks."""
 
-    cluster: ThrowawayCluster
-    password: str
     admin_password: str = ADMIN_PASSWORD
-
-    @property
-    def port(self) -> int:
-        return self.cluster.port
-
-    @property
-    def bindir(self) -> Path:
-        assert self.cluster.bindir is not None
-        return self.cluster.bindir
 
     def _password_for(self, user: str) -> str:
         return self.admin_password if user == ADMIN else self.password
 
-    def connect(self, dbname: str = "postgres", user: str = OPERATOR,
-                autocommit: bool = True) -> psycopg.Connection:
+    def connect(self, dbname: str = "postgres", autocommit: bool = True,
+                user: str = OPERATOR) -> psycopg.Connection:
         """Connect over TCP with a password, as `postgres` (the operator) by default, or as
         `supabase_admin` (the superuser) to check what the operator cannot see."""
         return psycopg.connect(host="127.0.0.1", port=self.port, user=user,

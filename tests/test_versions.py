@@ -233,7 +233,7 @@ def test_supabase_on_17_backs_up_restores_and_drills_with_the_18_client(
     assert isinstance(server, SupabaseServer) and server.cluster.major == 17
     db = server.create_db(template=create_template(server, name="tpl_sb17"))
     client18 = need_client(18)
-    ws = Workspace(tmp_path, server, db)  # type: ignore[arg-type]
+    ws = Workspace(tmp_path, server, db)
     ws.write_env(PG_BIN_DIR=str(client18))
     out = json.loads(ws.run("backup", "--json", check=True).stdout)
     meta = json.loads(Path(out["meta_path"]).read_text())

@@ -392,7 +392,9 @@ class Bench:
 
     def _count_into(self, box: dict[str, Any]) -> None:
         # The tool's own table selection and counting code, in the same kind of transaction.
-        from tui.core.backup import _count, _dumpable_tables
+        from psycopg import sql
+
+        from tui.core.backup import _dumpable_tables
 
         try:
             t0 = time.perf_counter()
@@ -400,7 +402,13 @@ class Bench:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
                 conn.execute("SET LOCAL jit = off")
-                total = sum(_count(conn, _dumpable_tables(conn)).values())
+                # One table per statement, in one transaction: how the counts were taken before
+                # the engine's batches (kept here as the diagnostic's reference).
+                total = 0
+                for _oid, schema, name in _dumpable_tables(conn):
+                    row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
+                        sql.Identifier(schema), sql.Identifier(name))).fetchone()
+                    total += int(row[0]) if row else 0
                 conn.execute("ROLLBACK")
             box["seconds"] = time.perf_counter() - t0
             box["rows"] = total

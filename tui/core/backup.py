@@ -236,19 +236,6 @@ def _managed_columns(conn: Conn, tables: Sequence[tuple[int, str, str]]) -> dict
     return {str(r[0]): [str(x) for x in cast(list[str], r[1])] for r in rows}
 
 
-def _count(conn: Conn, tables: Sequence[tuple[int, str, str]]) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for oid, schema, name in tables:
-        row = conn.execute(
-            sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(name)
-            )
-        ).fetchone()
-        assert row is not None
-        counts[oid] = int(row[0])
-    return counts
-
-
 class _SnapshotCounter:
     """Exact row counts in the dump's exported snapshot, in batches that fit the server's lock
     table: a count locks its table and the table's indexes until the transaction ends, and one

@@ -77,19 +77,20 @@ def names_of(toc: Toc, schemas: Iterable[str], roles: Iterable[str]) -> dict[int
     schema_set = {str(s) for s in schemas} | {"public"}
     for e in toc.entries:  # SCHEMA entries name a schema: "SCHEMA - Ops Data postgres"
         if e.desc == "SCHEMA":
-            schema_set.add(_split(e, set(), role_list).tag)
+            schema_set.add(_split(e, [], role_list).tag)
     schema_list = sorted(schema_set, key=len, reverse=True)
-    return {e.dump_id: _split(e, set(schema_list), role_list) for e in toc.entries}
+    return {e.dump_id: _split(e, schema_list, role_list) for e in toc.entries}
 
 
-def _split(entry: TocEntry, schemas: set[str], roles: list[str]) -> EntryName:
+def _split(entry: TocEntry, schemas: list[str], roles: list[str]) -> EntryName:
+    """`schemas` and `roles` longest first, so "Ops Data" wins over "Ops"."""
     rest = entry.text[len(entry.desc):]
     rest = rest[1:] if rest.startswith(" ") else rest
     if rest.startswith("- ") or rest == "-":
         schema, rest = "-", rest[2:]
     else:
-        schema = next((s for s in sorted(schemas, key=len, reverse=True)
-                       if rest == s or rest.startswith(s + " ")), rest.split(" ", 1)[0])
+        schema = next((s for s in schemas if rest == s or rest.startswith(s + " ")),
+                      rest.split(" ", 1)[0])
         rest = rest[len(schema) + 1:]
     if rest.endswith(" "):  # no owner
         return EntryName(schema, rest[:-1], "")
