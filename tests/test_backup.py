@@ -30,7 +30,7 @@ def _only_backup(ws: Workspace) -> tuple[Path, dict]:
 
 def _assert_nothing_complete(ws: Workspace) -> None:
     names = sorted(p.name for p in ws.backup_dir.iterdir()) if ws.backup_dir.exists() else []
-    leftovers = [n for n in names if n not in ("audit.log", "logs")]
+    leftovers = [n for n in names if n not in ("audit.log", "logs", "jobs")]
     assert leftovers == [], leftovers
     listing = ws.run("list", "--json", check=True)
     assert json.loads(listing.stdout) == []
@@ -348,7 +348,13 @@ def test_the_engine_reports_typed_progress(workspace: Workspace) -> None:
     import asyncio
 
     from tui.core.backup import BackupRequest, run_backup
-    from tui.core.events import BackupFinished, DumpProgress, PhaseStarted
+    from tui.core.events import (
+        BackupFinished,
+        DumpProgress,
+        OperationEnded,
+        OperationStarted,
+        PhaseStarted,
+    )
     from tui.core.settings import load_settings
 
     settings = load_settings(env_file=workspace.env_file, environ=clean_env())
@@ -358,7 +364,10 @@ def test_the_engine_reports_typed_progress(workspace: Workspace) -> None:
     assert phases == ["connecting", "dumping", "checking", "counting"]
     progress = [e for e in events if isinstance(e, DumpProgress)]
     assert progress and progress[-1].bytes_written == result.size_bytes
-    assert isinstance(events[-1], BackupFinished) and events[-1].sha256 == result.sha256
+    # The operation's own audit record opens first and closes last, around the backup's events.
+    assert isinstance(events[0], OperationStarted) and isinstance(events[-1], OperationEnded)
+    assert events[-1].result == "ok"
+    assert isinstance(events[-2], BackupFinished) and events[-2].sha256 == result.sha256
 
 
 def test_writers_are_not_blocked_by_the_snapshot(workspace: Workspace, server: Server) -> None:

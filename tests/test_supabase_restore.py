@@ -20,8 +20,8 @@ from tests.supabase_shape import (
     SupabaseServer,
 )
 from tui.core.archive import parse_toc
-from tui.core.restore_errors import ErrorReader, classify
-from tui.core.restore_scope import TargetKind, names_of, plan_entries
+from tui.core.restore.errors import ErrorReader, classify
+from tui.core.restore.scope import TargetKind, names_of, plan_entries
 
 
 def _backup(ws: Workspace) -> dict:

@@ -120,6 +120,75 @@ CASES = {
 }
 
 
+def _emergency_setup(workspace: Workspace, marker: Path, url: str) -> dict:
+    """The emergency runbook's commands (they write `marker`), its health URL and chat
+    webhook (the local HTTP peer at `url`), and a backup to restore: its metadata."""
+    on = f"sh -c {shlex.quote(f'echo on > {marker}; echo maintenance on')}"
+    off = f"sh -c {shlex.quote(f'echo off > {marker}; echo maintenance off')}"
+    workspace.write_env(RUNBOOK_COMMAND_MAINTENANCE_ON=on, RUNBOOK_COMMAND_MAINTENANCE_OFF=off,
+                        HEALTH_URL=f"{url}/health", CHAT_WEBHOOK_URL=f"{url}/hook")
+    out = json.loads(workspace.run("backup", "--json", check=True).stdout)
+    return dict(json.loads(Path(out["meta_path"]).read_text()))
+
+
+def _walk_to_the_restore(tmux: Tmux, workspace: Workspace) -> None:
+    """The emergency runbook from home to its restore step (step 6), each earlier step done."""
+    tmux.wait("Runbooks (Enter to start)")
+    tmux.keys("Down", "Enter")  # the second runbook: Emergency restore
+    tmux.wait("Why?")
+    tmux.enter_text("INC-42 bad delete", "e.g. INC-123")
+    tmux.wait("0/2 required ticked")
+    tmux.tick(1, 2)
+    tmux.keys("Down")
+    tmux.tick(2, 2)
+    tmux.keys("n")
+    tmux.wait("Step 2/10")
+    tmux.keys("x")
+    tmux.wait("maintenance on")
+    tmux.keys("n")
+    tmux.wait("Step 3/10")
+    tmux.keys("x")
+    tmux.wait("Impact for users")
+    tmux.enter_text("read-only for 15 minutes", "e.g. read-only")
+    tmux.wait("posted to the chat")
+    tmux.keys("n")
+    tmux.wait("Step 4/10")
+    tmux.keys("x")
+    tmux.wait("state: done", timeout=120)
+    tmux.keys("n")
+    tmux.wait("Step 5/10")
+    tmux.keys("x")
+    tmux.wait("Type the database name")
+    tmux.enter_text(workspace.dbname, "database name")
+    tmux.wait("confirmed")
+    tmux.keys("n")
+    tmux.wait("Step 6/10")
+
+
+def _walk_from_the_restore(tmux: Tmux) -> None:
+    """The emergency runbook's steps after a passed restore (step 6), to its end."""
+    tmux.keys("n")
+    tmux.wait("Step 7/10")
+    tmux.keys("x")
+    tmux.wait("PASS against", timeout=120)
+    tmux.keys("n")
+    tmux.wait("Step 8/10")
+    tmux.keys("x")
+    tmux.wait("answered 200")
+    tmux.keys("n")
+    tmux.wait("Step 9/10")
+    tmux.keys("x")
+    tmux.wait("maintenance off")
+    tmux.keys("n")
+    tmux.wait("Step 10/10")
+    tmux.keys("x")
+    tmux.wait("Impact for users")
+    tmux.enter_text("nothing", "e.g. read-only")
+    tmux.wait("posted to the chat")
+    tmux.keys("n")
+    tmux.wait("runbook complete")
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_emergency_restore_runbook_walked_in_tmux(case: str, request: pytest.FixtureRequest,
                                                   tmp_path: Path, http_peer) -> None:  # type: ignore[no-untyped-def]
@@ -128,12 +197,7 @@ def test_emergency_restore_runbook_walked_in_tmux(case: str, request: pytest.Fix
     server: Server = request.getfixturevalue(server_fixture)
     url, posts = http_peer
     marker = tmp_path / "maintenance"
-    on = f"sh -c {shlex.quote(f'echo on > {marker}; echo maintenance on')}"
-    off = f"sh -c {shlex.quote(f'echo off > {marker}; echo maintenance off')}"
-    workspace.write_env(RUNBOOK_COMMAND_MAINTENANCE_ON=on, RUNBOOK_COMMAND_MAINTENANCE_OFF=off,
-                        HEALTH_URL=f"{url}/health", CHAT_WEBHOOK_URL=f"{url}/hook")
-    out = json.loads(workspace.run("backup", "--json", check=True).stdout)
-    meta = json.loads(Path(out["meta_path"]).read_text())
+    meta = _emergency_setup(workspace, marker, url)
     with server.connect(workspace.dbname) as conn:
         conn.execute(damage)
     tables = [(t["schema"], t["name"]) for t in meta["tables"]]
@@ -147,60 +211,12 @@ def test_emergency_restore_runbook_walked_in_tmux(case: str, request: pytest.Fix
            f"{shlex.quote(sys.executable)} -m tui")
     tmux("new-session", "-d", "-s", "t", "-x", "80", "-y", "24", cmd)
     try:
-        tmux.wait("Runbooks (Enter to start)")
-        tmux.keys("Down", "Enter")  # the second runbook: Emergency restore
-        tmux.wait("Why?")
-        tmux.enter_text("INC-42 bad delete", "e.g. INC-123")
-        tmux.wait("0/2 required ticked")
-        tmux.tick(1, 2)
-        tmux.keys("Down")
-        tmux.tick(2, 2)
-        tmux.keys("n")
-        tmux.wait("Step 2/10")
-        tmux.keys("x")
-        tmux.wait("maintenance on")
-        tmux.keys("n")
-        tmux.wait("Step 3/10")
-        tmux.keys("x")
-        tmux.wait("Impact for users")
-        tmux.enter_text("read-only for 15 minutes", "e.g. read-only")
-        tmux.wait("posted to the chat")
-        tmux.keys("n")
-        tmux.wait("Step 4/10")
-        tmux.keys("x")
-        tmux.wait("state: done", timeout=120)
-        tmux.keys("n")
-        tmux.wait("Step 5/10")
-        tmux.keys("x")
-        tmux.wait("Type the database name")
-        tmux.enter_text(workspace.dbname, "database name")
-        tmux.wait("confirmed")
-        tmux.keys("n")
-        tmux.wait("Step 6/10")
+        _walk_to_the_restore(tmux, workspace)
         tmux.keys("x")
         tmux.wait("replacing its data?")
         tmux.keys("y")
         tmux.wait("VERIFICATION PASS", timeout=180)
-        tmux.keys("n")
-        tmux.wait("Step 7/10")
-        tmux.keys("x")
-        tmux.wait("PASS against", timeout=120)
-        tmux.keys("n")
-        tmux.wait("Step 8/10")
-        tmux.keys("x")
-        tmux.wait("answered 200")
-        tmux.keys("n")
-        tmux.wait("Step 9/10")
-        tmux.keys("x")
-        tmux.wait("maintenance off")
-        tmux.keys("n")
-        tmux.wait("Step 10/10")
-        tmux.keys("x")
-        tmux.wait("Impact for users")
-        tmux.enter_text("nothing", "e.g. read-only")
-        tmux.wait("posted to the chat")
-        tmux.keys("n")
-        tmux.wait("runbook complete")
+        _walk_from_the_restore(tmux)
     finally:
         tmux("kill-server")
     assert server.counts(workspace.dbname, tables) == \
@@ -239,9 +255,7 @@ def test_cancel_mid_restore_leaves_the_safety_backup_and_a_clear_screen(
         tmux.wait("replacing its data?", timeout=60)
         tmux.keys("y")
         tmux.wait("End these sessions", timeout=60)  # the test's own session is listed
-        tmux.keys("y")
-        tmux.wait("replacing its data?")  # the restore starts again and asks again
-        tmux.keys("y")
+        tmux.keys("y")  # the restore starts again, as confirmed (the question is not repeated)
         tmux.wait("creating TABLE", timeout=120)  # pg_restore waits on the test's lock
         tmux.keys("c")
         tmux.wait("Stop the running operation?")
@@ -255,6 +269,64 @@ def test_cancel_mid_restore_leaves_the_safety_backup_and_a_clear_screen(
     audit = [json.loads(x) for x in (workspace.backup_dir / "audit.log").read_text().splitlines()]
     end = [e for e in audit if e["operation"] == "restore" and e["event"] == "end"][-1]
     assert end["result"] == "interrupted" and end["safety_backup"]
+
+
+def test_a_dropped_terminal_resumes_the_runbook_at_its_restore_step(
+        workspace: Workspace, server: Server, tmp_path: Path, http_peer) -> None:  # type: ignore[no-untyped-def]
+    """The SSH session dies while the emergency runbook's restore runs: the restore goes on
+    as a job, and the relaunched TUI offers the run, resumes it at that step with the job's
+    outcome, and walks on to the end and its report."""
+    url, posts = http_peer
+    marker = tmp_path / "maintenance"
+    meta = _emergency_setup(workspace, marker, url)
+    tables = [(t["schema"], t["name"]) for t in meta["tables"]]
+    with server.connect(workspace.dbname) as conn:
+        conn.execute("DELETE FROM public.film_actor WHERE actor_id < 150")
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in clean_env().items()
+                   if k in ("PATH", "HOME", "LANG", "LC_ALL", "TERM"))
+    cmd = (f"cd {shlex.quote(str(workspace.path))} && env {env} LANG=C.UTF-8 "
+           f"{shlex.quote(sys.executable)} -m tui")
+    holder = server.block_create_table(workspace.dbname, 4646)
+    tmux = Tmux(tmp_path / "tmux.sock")
+    tmux("new-session", "-d", "-s", "t", "-x", "80", "-y", "24", cmd)
+    try:
+        _walk_to_the_restore(tmux, workspace)
+        tmux.keys("x")
+        tmux.wait("replacing its data?")
+        tmux.keys("y")
+        tmux.wait("End these sessions", timeout=60)  # the test's own session is listed
+        tmux.keys("y")
+        tmux.wait("creating TABLE", timeout=120)  # pg_restore waits on the test's lock
+    finally:
+        tmux("kill-server")  # the terminal goes: SIGHUP to the TUI
+        holder.close()  # and the restore, on its own, goes on
+    tmux = Tmux(tmp_path / "tmux2.sock")
+    tmux("new-session", "-d", "-s", "t", "-x", "80", "-y", "24", cmd)
+    try:
+        tmux.wait("Resume it there?", timeout=60)
+        screen = tmux.screen()
+        assert "Emergency restore was left unfinished" in screen, screen
+        tmux.keys("y")
+        tmux.wait("Step 6/10")
+        tmux.wait("VERIFICATION PASS", timeout=180)
+        screen = tmux.wait("state: done")
+        assert "reattached to job" in screen or "restored " in screen, screen
+        _walk_from_the_restore(tmux)
+    finally:
+        tmux("kill-server")
+    assert server.counts(workspace.dbname, tables) == \
+        {(t["schema"], t["name"]): t["rows"] for t in meta["tables"]}
+    reports = list((workspace.path / "reports").glob("runbook_*_emergency-restore.md"))
+    assert len(reports) == 1, reports
+    text = reports[0].read_text()
+    assert "| Restore the last known good backup | done |" in text, text
+    assert "INC-42 bad delete" in text and "Outcome: complete" in text
+    assert marker.read_text().strip() == "off" and len(posts) == 2
+    audit = [json.loads(x) for x in (workspace.backup_dir / "audit.log").read_text().splitlines()]
+    runs = [e for e in audit if e["operation"] == "runbook"]
+    assert [e["event"] for e in runs] == ["start", "end"] and runs[-1]["result"] == "ok"
+    restores = [e for e in audit if e["operation"] == "restore" and e["event"] == "end"]
+    assert [e["result"] for e in restores][-1] == "ok"
 
 
 def test_a_small_or_missing_terminal_gets_one_clear_line(workspace: Workspace,

@@ -123,6 +123,38 @@ class PgRunbookApp(App[None]):
         self.push_screen(HomeScreen())
         for warning in self.settings.warnings:  # e.g. the environment moved the target
             self.notify(warning, severity="warning", timeout=30)
+        self.offer_unfinished_run()
+
+    def offer_unfinished_run(self) -> None:
+        """A run the app went away with (an SSH drop, a killed terminal): resume it at its
+        step, with the running step's job followed again, or close it with its report."""
+        from tui.core import runstate
+        from tui.core.jobs import reconcile
+        from tui.screens.modals import YesNo
+
+        reconcile(self.settings.backup_dir)  # jobs that died with it are told as such
+        runs = runstate.unfinished(self.settings.backup_dir, self.runbooks,
+                                   self.settings.target.public())
+        if not runs:
+            return
+        run = runs[0]
+        st = run.state
+        running = f", whose job {st.job_id} was running" if st.job_id and st.status == \
+            "running" else ""
+
+        def answer(resume: bool | None) -> None:
+            if resume:
+                self.push_screen(RunnerScreen(run))
+                return
+            path = runstate.close(self.settings, run, "abandoned",
+                                  "the terminal went away and the run was not resumed")
+            self.notify(f"Closed the run; its report: {path}", timeout=10)
+
+        self.push_screen(YesNo(
+            f"{run.runbook.name} was left unfinished (started "
+            f"{run.started.strftime('%Y-%m-%d %H:%M')} UTC, reason: {run.reason or '-'}), at "
+            f"step {run.current + 1}: {st.step.title}{running}.\nResume it there? "
+            "(No closes it and writes its report.)"), answer)
 
     def watch_app_focus(self, focus: bool) -> None:
         """Textual skips a screen's AUTO_FOCUS while the terminal is unfocused and, on focus
@@ -159,9 +191,21 @@ class PgRunbookApp(App[None]):
         self.push_screen("help")
 
     def action_quit_app(self) -> None:
-        if isinstance(self.screen, RunnerScreen) and any(
-                w.is_running for w in self.screen.workers):
-            self.notify("An operation is running: cancel it first (c).", severity="warning")
+        screen = self.screen
+        if isinstance(screen, RunnerScreen) and any(w.is_running for w in screen.workers):
+            if not screen.job_running:
+                self.notify("An operation is running: cancel it first (c).",
+                            severity="warning")
+                return
+            from tui.screens.modals import YesNo
+
+            def answer(yes: bool | None) -> None:
+                if yes:
+                    self.exit()
+
+            self.push_screen(YesNo("Quit while the job runs? It runs on to its end; open "
+                                   "pgrunbook again to resume this runbook at its step."),
+                             answer)
             return
         self.exit()
 

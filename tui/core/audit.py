@@ -6,6 +6,7 @@ operation, target, arguments (secrets redacted), reason, result, duration, error
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -17,9 +18,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tui.core.fsutil import PRIVATE_FILE, ensure_private_dir
+
+if TYPE_CHECKING:
+    from tui.core.targets import Target
 
 AUDIT_FILE = "audit.log"
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]*@", re.I)
@@ -121,6 +125,20 @@ class AuditLog:
         record = AuditRecord(self, op_id, operation, time.monotonic(), base)
         return record
 
+    def resume(self, op_id: str) -> AuditRecord:
+        """The record of an operation started earlier (by a process that is gone: a runbook
+        run reopened after an SSH drop), to write its end line."""
+        base: dict[str, Any] = {"id": op_id}
+        elapsed = 0.0
+        for e in self.entries():
+            if e.get("id") == op_id and e.get("event") == "start":
+                base = {k: v for k, v in e.items() if k not in ("time", "event")}
+                with contextlib.suppress(TypeError, ValueError):
+                    elapsed = (utcnow() - datetime.fromisoformat(
+                        str(e["time"]).replace("Z", "+00:00"))).total_seconds()
+        return AuditRecord(self, op_id, str(base.get("operation", "?")),
+                           time.monotonic() - elapsed, base)
+
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every readable line, oldest first (a damaged line is reported, not skipped)."""
         if not self.path.exists():
@@ -134,3 +152,16 @@ class AuditLog:
                     yield json.loads(line)
                 except json.JSONDecodeError:
                     yield {"event": "unreadable", "line": n}
+
+
+def last_restored(backup_dir: Path, target: Target) -> str | None:
+    """The backup most recently restored into `target` (same name and database) by the audit
+    trail in `backup_dir`: the last restore that ended "ok" or "verify-failed", or None."""
+    name: str | None = None
+    for e in AuditLog(backup_dir).entries():
+        if (e.get("operation") == "restore" and e.get("event") == "end"
+                and e.get("result") in ("ok", "verify-failed")
+                and (e.get("target") or {}).get("name") == target.name
+                and (e.get("target") or {}).get("database") == target.dbname):
+            name = e.get("backup")
+    return name

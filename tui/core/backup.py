@@ -35,7 +35,7 @@ import tui
 from tui.core.appstate import FORMAT as APP_STATE_FORMAT
 from tui.core.appstate import collect_for_backup
 from tui.core.archive import Toc, read_toc
-from tui.core.audit import AuditLog, iso, operator_identity
+from tui.core.audit import iso, operator_identity
 from tui.core.errors import ConfigError, Interrupted, OperationFailed, PgRunbookError
 from tui.core.events import (
     BackupFinished,
@@ -65,7 +65,7 @@ from tui.core.metadata import (
     meta_path_for,
     write_meta,
 )
-from tui.core.oplog import OperationLog
+from tui.core.operation import operation
 from tui.core.pgtools import (
     PgTool,
     connect,
@@ -76,7 +76,7 @@ from tui.core.pgtools import (
     server_version,
     supports_zstd,
 )
-from tui.core.restore_scope import MANAGED_SCHEMAS
+from tui.core.restore.scope import MANAGED_SCHEMAS
 from tui.core.roles import RolesUnreadable, dump_roles, roles_path_for
 from tui.core.s3 import S3Config, StreamUpload, s3_config
 from tui.core.settings import Settings, parse_compression
@@ -449,57 +449,22 @@ def _check_space(settings: Settings, previous: BackupEntry | None, db_size: int 
     return expected if previous is not None else None
 
 
-async def run_backup(
-    settings: Settings,
-    request: BackupRequest,
-    emit: Emit = ignore,
-    *,
-    audit: AuditLog | None = None,
-) -> BackupResult:
+async def run_backup(settings: Settings, request: BackupRequest,
+                     emit: Emit = ignore) -> BackupResult:
     """Take one backup of `settings.target`. Raises PgRunbookError (or Interrupted)."""
     label = backup_label(request.kind, request.label)
-    target = settings.target
-    audit = audit or AuditLog(settings.backup_dir, secrets_of(settings))
-    record = audit.start(
-        "backup",
-        target=target.public(),
-        arguments={"name": label, "kind": request.kind,
-                   "compression": request.compression or settings.compression,
-                   "exclude_schema": list(request.exclude_schema),
-                   "exclude_table_data": list(request.exclude_table_data)},
-        reason=request.reason,
-        origin=request.origin,
-    )
-    log = OperationLog(settings.backup_dir, "backup", emit)
-    try:
-        result = await _run_backup(settings, request, label, log)
-    except asyncio.CancelledError:
-        record.finish("interrupted", "interrupted by the operator (Ctrl-C or SIGTERM)",
-                      log=str(log.path))
-        raise
-    except PgRunbookError as exc:
-        log.write(f"FAILED: {exc}\n{exc.detail or ''}")
-        record.finish("failed", str(exc), log=str(log.path))
-        exc.log_path = str(log.path)
-        raise
-    except BaseException as exc:
-        record.finish("failed", f"{exc.__class__.__name__}: {exc}", log=str(log.path))
-        raise
-    finally:
-        log.close()
-    if result.upload_error:
-        record.finish("failed", f"backed up locally, upload failed: {result.upload_error}",
-                      backup=result.name, size_bytes=result.size_bytes, sha256=result.sha256,
-                      log=str(log.path))
-    else:
-        record.finish("ok", None, backup=result.name, size_bytes=result.size_bytes,
-                      sha256=result.sha256, s3_key=result.s3_key, log=str(log.path))
+    with operation(settings, "backup", emit, reason=request.reason, origin=request.origin,
+                   arguments={"name": label, "kind": request.kind,
+                              "compression": request.compression or settings.compression,
+                              "exclude_schema": list(request.exclude_schema),
+                              "exclude_table_data": list(request.exclude_table_data)}) as op:
+        result = await _run_backup(settings, request, label, op.emit)
+        op.end.update(backup=result.name, size_bytes=result.size_bytes, sha256=result.sha256,
+                      s3_key=result.s3_key)
+        if result.upload_error:
+            op.verdict = "failed"
+            op.problem = f"backed up locally, upload failed: {result.upload_error}"
     return result
-
-
-def secrets_of(settings: Settings) -> list[str]:
-    secret = settings.target.password
-    return [secret.reveal()] if secret is not None else []
 
 
 async def _run_backup(settings: Settings, request: BackupRequest, label: str,

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tui.core.errors import OperationFailed
+from tui.core.fsutil import note_temp
 from tui.core.pgtools import server_binaries, tool_version
 
 
@@ -102,7 +103,7 @@ class ThrowawayCluster:
             self.major, self.bindir = server_binaries(self.major_wanted)
         if self.base_dir is None:
             # Short path: the unix socket lives here and must stay under 107 characters.
-            self.base_dir = Path(tempfile.mkdtemp(prefix="pgrb-"))
+            self.base_dir = note_temp(Path(tempfile.mkdtemp(prefix="pgrb-")))
         self.base_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if os.geteuid() == 0:
             pg = pwd.getpwnam("postgres")

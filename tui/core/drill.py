@@ -19,13 +19,13 @@ import psycopg
 from psycopg import sql
 
 import tui
-from tui.core.audit import AuditLog, iso
-from tui.core.backup import secrets_of
+from tui.core.audit import iso
 from tui.core.cluster import ThrowawayCluster
 from tui.core.errors import OperationFailed, PgRunbookError
 from tui.core.events import Emit, Notice, PhaseStarted, ignore
 from tui.core.fsutil import atomic_write_bytes, ensure_private_dir
 from tui.core.metadata import read_meta, write_meta
+from tui.core.operation import operation
 from tui.core.pgtools import ServerLacksExtensions, connect, server_binaries
 from tui.core.restore import RestoreRequest, RestoreResult, resolve_backup, run_restore
 from tui.core.settings import Settings, Target
@@ -60,30 +60,27 @@ async def run_drill(settings: Settings, spec: str, *, on_target: bool = False,
     if entry.meta is None:
         raise OperationFailed(f"backup {entry.name} has no readable metadata: "
                               f"{'; '.join(entry.problems)}.", "Choose another backup.")
-    audit = AuditLog(settings.backup_dir, secrets_of(settings))
-    record = audit.start("drill", target=settings.target.public() if on_target else
-                         {"name": "throwaway"}, arguments={"backup": entry.name},
-                         reason="restore drill", origin=origin)
     started = time.monotonic()
-    try:
-        if on_target:
-            result, where, version = await _drill_on_target(settings, entry.name, jobs, emit)
-        else:
-            result, where, version = await _drill_throwaway(settings, entry, jobs, emit)
-    except asyncio.CancelledError:
-        record.finish("interrupted", "interrupted by the operator", backup=entry.name)
-        raise
-    except PgRunbookError as exc:
-        _record(settings, entry.path, False, 0.0, None, str(exc))
-        record.finish("failed", str(exc), backup=entry.name)
-        raise
-    total = time.monotonic() - started
-    passed = result.verify is not None and result.verify.passed
-    report = write_report(settings, entry.meta, result, passed, where, version, total)
-    _record(settings, entry.path, passed, result.restore_seconds, report, None)
-    record.finish("ok" if passed else "verify-failed", None if passed else "counts differ",
-                  backup=entry.name, restore_seconds=round(result.restore_seconds, 3),
-                  report=str(report))
+    with operation(settings, "drill", emit, reason="restore drill", origin=origin,
+                   target=settings.target.public() if on_target else {"name": "throwaway"},
+                   arguments={"backup": entry.name}) as op:
+        op.end["backup"] = entry.name
+        try:
+            if on_target:
+                result, where, version = await _drill_on_target(settings, entry.name, jobs,
+                                                                op.emit)
+            else:
+                result, where, version = await _drill_throwaway(settings, entry, jobs, op.emit)
+        except PgRunbookError as exc:
+            _record(settings, entry.path, False, 0.0, None, str(exc))
+            raise
+        total = time.monotonic() - started
+        passed = result.verify is not None and result.verify.passed
+        report = write_report(settings, entry.meta, result, passed, where, version, total)
+        _record(settings, entry.path, passed, result.restore_seconds, report, None)
+        op.end.update(restore_seconds=round(result.restore_seconds, 3), report=str(report))
+        if not passed:
+            op.verdict, op.problem = "verify-failed", "counts differ"
     return DrillResult(entry.name, passed, result.restore_seconds, total, report, result.verify,
                        where, version)
 
@@ -114,8 +111,7 @@ async def _drill_throwaway(settings: Settings, entry: Any, jobs: int | None,
         drill_settings = settings.with_target(target)
         request = RestoreRequest(backup=str(entry.path), jobs=jobs, confirmed=True,
                                  reason="restore drill", create_roles=True, origin="drill")
-        result = await run_restore(drill_settings, request, emit,
-                                   audit=AuditLog(settings.backup_dir))
+        result = await run_restore(drill_settings, request, emit)
         return result, f"throwaway PostgreSQL {cluster.major} on 127.0.0.1:{cluster.port}", \
             _server_version(drill_settings, target)
     finally:
@@ -148,8 +144,7 @@ async def _drill_on_target(settings: Settings, name: str, jobs: int | None,
     try:
         request = RestoreRequest(backup=name, jobs=jobs, confirmed=True, owners="drop",
                                  reason="restore drill", origin="drill")
-        result = await run_restore(drill_settings, request, emit,
-                                   audit=AuditLog(settings.backup_dir, secrets_of(settings)))
+        result = await run_restore(drill_settings, request, emit)
         version = _server_version(drill_settings, target)
     finally:
         emit(PhaseStarted("cleaning up", f"dropping {scratch}"))

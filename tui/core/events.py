@@ -107,3 +107,32 @@ class TableChecked(Event):
                 else "missing on the target" if self.task == "count" else "analyzed")
         when = ", while pg_restore ran" if self.during_restore else ""
         return f"{self.schema}.{self.table}: {what} in {self.seconds:.2f} s{when}"
+
+
+@dataclass(frozen=True)
+class OperationStarted(Event):
+    """An operation opened its audit record (`audit_id`) and its log."""
+
+    operation: str
+    audit_id: str
+    log_path: str
+
+
+@dataclass(frozen=True)
+class OperationEnded(Event):
+    """An operation closed its audit record with `result` (ok, failed, interrupted, ...)."""
+
+    operation: str
+    audit_id: str
+    result: str
+
+
+@dataclass(frozen=True)
+class TargetChanging(Event):
+    """A restore is about to change the target: from here until it ends, a restore that dies
+    leaves the target incomplete, and `safety_backup` (if any) holds its state before."""
+
+    target: str
+    database: str
+    safety_backup: str | None
+    undo_command: str | None

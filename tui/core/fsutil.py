@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 PRIVATE_DIR = 0o700
@@ -27,9 +28,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Told of every temp path handed out: a detached job records them in its journal, so that the
+# job's files can be removed if its process dies before it could (`jobs.reconcile`).
+temp_listeners: list[Callable[[Path], None]] = []
+
+
+def note_temp(path: Path) -> Path:
+    """Tell the listeners that `path` (a file or a directory) is temporary."""
+    for listener in temp_listeners:
+        listener(path)
+    return path
+
+
 def temp_path_for(final: Path) -> Path:
     """A hidden sibling that no inventory mistakes for a finished file."""
-    return final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}")
+    return note_temp(final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}"))
 
 
 def open_private_exclusive(path: Path) -> int:

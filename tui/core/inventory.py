@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tui.core.errors import PgRunbookError
 from tui.core.metadata import (
     ARCHIVE_SUFFIX,
     META_SUFFIX,
@@ -238,3 +239,21 @@ def merged_inventory(backup_dir: Path, s3: Any | None, verify: bool = False) -> 
     epoch = datetime.min.replace(tzinfo=UTC)
     entries.sort(key=lambda x: (x.created_at or epoch, x.name), reverse=True)
     return entries
+
+
+def inventory_or_local(backup_dir: Path, s3: Any | None,
+                       verify: bool = False) -> tuple[list[BackupEntry], str | None]:
+    """The merged inventory and None; when S3 is configured but cannot be listed, the local
+    backups alone and a one-line warning saying so. Errors of pgrunbook's own are raised."""
+    try:
+        return merged_inventory(backup_dir, s3, verify=verify), None
+    except PgRunbookError:
+        raise
+    except Exception as exc:
+        if s3 is None:
+            raise
+        from tui.core.s3 import describe_error
+
+        warning = (f"cannot list s3://{s3.bucket}/{s3.prefix}: {describe_error(exc)}; "
+                   "showing local backups only.")
+        return list_backups(backup_dir, verify=verify), warning

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from tui.core.audit import redact
 from tui.core.events import (
     DumpProgress,
     Emit,
@@ -26,16 +28,20 @@ from tui.core.fsutil import PRIVATE_FILE, ensure_private_dir
 class OperationLog:
     """Tees events into a log file; progress ticks are left out."""
 
-    def __init__(self, backup_dir: Path, operation: str, downstream: Emit) -> None:
+    def __init__(self, backup_dir: Path, operation: str, downstream: Emit,
+                 secrets: Iterable[str] = ()) -> None:
         directory = ensure_private_dir(backup_dir / "logs")
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S_%f")
         self.path = directory / f"{stamp}_{operation}.log"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
         self._file: TextIO | None = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
         self._downstream = downstream
+        self._secrets = [s for s in secrets if s]
 
     def __call__(self, event: Event) -> None:
         line = _describe(event)
+        if line is not None and self._secrets:
+            line = redact(line, self._secrets)
         if line is not None and self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.write(f"{datetime.now(UTC).strftime('%H:%M:%S.%f')[:-3]} {line}\n")
@@ -43,6 +49,7 @@ class OperationLog:
 
     def write(self, text: str) -> None:
         if self._file is not None:
+            text = redact(text, self._secrets) if self._secrets else text
             with contextlib.suppress(OSError):
                 self._file.write(text.rstrip("\n") + "\n")
 

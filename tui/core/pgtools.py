@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 
 from tui.core.errors import ConfigError, OperationFailed, PgRunbookError
+from tui.core.fsutil import note_temp
 from tui.core.settings import Settings, Target
 
 TOOLS = ("pg_dump", "pg_restore", "psql")
@@ -289,7 +290,7 @@ def libpq_env(target: Target, settings: Settings) -> Iterator[dict[str, str]]:
         yield env
         return
     env.pop("PGPASSWORD", None)
-    tmpdir = tempfile.mkdtemp(prefix="pgrunbook-")
+    tmpdir = str(note_temp(Path(tempfile.mkdtemp(prefix="pgrunbook-"))))
     passfile = Path(tmpdir) / "pgpass"
     try:
         fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -176,6 +176,7 @@ class StepState:
     detail: str | None = None
     started: datetime | None = None
     finished: datetime | None = None
+    job_id: str | None = None  # the job of a step whose action runs as one
 
     @property
     def duration(self) -> float | None:
@@ -193,6 +194,15 @@ class RunbookRun:
     current: int = 0
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     timeline: list[tuple[datetime, str]] = field(default_factory=list)
+    # Saved with the run (`runstate`), so that a run survives the terminal that showed it.
+    id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d_%H%M%S_%f"))
+    reason: str | None = None
+    audit_id: str | None = None
+    target: dict[str, Any] | None = None
+    restored: str | None = None  # the backup a restore step put back
+    selected_backup: str | None = None
+    closed: bool = False
+    report_path: str | None = None
 
     def __post_init__(self) -> None:
         if not self.states:

@@ -22,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tui.core.errors import ConfigError, OperationFailed
+from tui.core.errors import ConfigError, OperationFailed, PgRunbookError
+from tui.core.events import Emit, PhaseStarted
 from tui.core.settings import Settings
 
 MiB = 1 << 20
@@ -486,3 +487,34 @@ def download(config: S3Config, key: str, dest: Path,
 def _chunks(body: Any) -> Iterator[bytes]:
     while chunk := body.read(MiB):
         yield chunk
+
+
+def upload_backup(settings: Settings, spec: str, emit: Emit) -> str:
+    """`pgrunbook upload`: copy a complete local backup whose checksum matches to S3 (retry a
+    failed upload). Returns the archive's key."""
+    from tui.core.operation import operation
+    from tui.core.restore import resolve_backup, sha256_matches
+
+    s3 = s3_config(settings)
+    if s3 is None:
+        raise ConfigError("S3 is not configured.", "Set BACKUP_S3_BUCKET in .env.deployment.")
+    entry = resolve_backup(settings, spec)
+    if entry.meta is None or not entry.complete:
+        raise OperationFailed(f"backup {entry.name} is not complete: {'; '.join(entry.problems)}.")
+    if not sha256_matches(entry):
+        raise OperationFailed(f"backup {entry.name} is damaged (checksum mismatch): not uploaded.")
+    with operation(settings, "upload", emit, arguments={"backup": entry.name,
+                                                         "bucket": s3.bucket},
+                   no_target=True) as op:
+        op.emit(PhaseStarted("uploading", f"{entry.name} to s3://{s3.bucket}/{s3.prefix}"
+                                          f"{entry.name[:15]}/"))
+        try:
+            key = upload_existing(s3, entry.path, entry.meta)
+        except PgRunbookError as exc:
+            raise OperationFailed(f"upload of {entry.name} failed: {exc.message}",
+                                  "The local backup is intact; retry later.") from None
+        except Exception as exc:
+            raise OperationFailed(f"upload of {entry.name} failed: {describe_error(exc)}",
+                                  "The local backup is intact; retry later.") from None
+        op.end.update(backup=entry.name, s3_key=key)
+    return f"s3://{s3.bucket}/{key}"

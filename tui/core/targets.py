@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from tui.core.errors import ConfigError
@@ -46,6 +47,27 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        # Pickled (a job's outcome on disk), a secret is withheld: only `pickle_with_secrets`
+        # (a job's settings, sent through a pipe) carries the value.
+        return Secret, ("",)
+
+
+def pickle_with_secrets(obj: object) -> bytes:
+    """Pickle `obj` with its secrets' values, for a pipe to a child process, never a file."""
+    import io
+    import pickle
+
+    class _Pickler(pickle.Pickler):
+        def reducer_override(self, value: object) -> Any:
+            if isinstance(value, Secret):
+                return Secret, (value.reveal(),)
+            return NotImplemented
+
+    buffer = io.BytesIO()
+    _Pickler(buffer).dump(obj)
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True)

@@ -156,23 +156,19 @@ def run_verify(settings: Settings, meta: dict[str, Any], *, jobs: int = 4, emit:
                origin: str = "cli") -> VerifyReport:
     """`pgrunbook verify` and the runbooks' verify step: the counts, recorded in the audit trail
     with their verdict and the tables that differ."""
-    from tui.core.audit import AuditLog
-    from tui.core.backup import secrets_of
+    from tui.core.operation import operation
 
-    record = AuditLog(settings.backup_dir, secrets_of(settings)).start(
-        "verify", target=settings.target.public(),
-        arguments={"backup": meta.get("name"), "jobs": jobs}, reason=None, origin=origin)
-    try:
-        report = verify_counts(settings, meta, jobs=jobs, emit=emit)
-    except BaseException as exc:
-        record.finish("failed", str(exc), backup=meta.get("name"))
-        raise
-    differing = [f"{r.schema}.{r.table}" for r in report.mismatches]
-    record.finish("ok" if report.passed else "verify-failed",
-                  None if report.passed else f"{len(differing)} tables differ, "
-                  f"{len(report.failures)} application state failures",
-                  backup=meta.get("name"), tables=len(report.rows), differing=differing[:50],
-                  app_failures=[d.detail for d in report.failures][:50])
+    with operation(settings, "verify", emit, origin=origin,
+                   arguments={"backup": meta.get("name"), "jobs": jobs}) as op:
+        report = verify_counts(settings, meta, jobs=jobs, emit=op.emit)
+        differing = [f"{r.schema}.{r.table}" for r in report.mismatches]
+        op.end.update(backup=meta.get("name"), tables=len(report.rows),
+                      differing=differing[:50],
+                      app_failures=[d.detail for d in report.failures][:50])
+        if not report.passed:
+            op.verdict = "verify-failed"
+            op.problem = (f"{len(differing)} tables differ, {len(report.failures)} application "
+                          "state failures")
     return report
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, ListItem, ListView, Static
@@ -69,7 +70,30 @@ def health_lines(entries: list[BackupEntry], now: datetime, s3: str | None = Non
     return lines
 
 
+def job_line(running: list[tuple[Any, Any, str]]) -> str:
+    """The home screen's line for jobs still running (an operation outlives a dropped
+    terminal): what, on which target, by whom, since when, how far."""
+    if not running:
+        return ""
+    _job, state, progress = running[0]
+    who = state.operator.get("user", "?")
+    since = state.started_at[11:19]
+    more = f" (and {len(running) - 1} more: pgrunbook jobs)" if len(running) > 1 else ""
+    return (f"[b yellow]Job running[/]: {state.operation} of "
+            f"{(state.target or {}).get('name', '-')} by {who} since {since} UTC"
+            f"{f', {progress}' if progress else ''}{more}. [b]j[/]: follow it")
+
+
 class HomeScreen(Screen[None]):
+    BINDINGS = [
+        Binding("j", "follow_job", "Follow job", id="home-follow-job", show=False,
+                tooltip="Follow the running job (it outlives a dropped terminal)"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._jobs_running: list[tuple[Any, Any, str]] = []
+
     def compose(self) -> ComposeResult:
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         yield target_banner(app)
@@ -79,6 +103,7 @@ class HomeScreen(Screen[None]):
                 yield DataTable(id="newest", cursor_type="row", zebra_stripes=True)
                 yield Label("Health", classes="section")
                 yield Static("Reading the inventory…", id="health")
+                yield Static("", id="jobs-line")
             with Vertical(id="home-right"):
                 yield Label("Runbooks (Enter to start)", classes="section")
                 yield ListView(*[ListItem(Label(b.name), id=f"rb-{b.id}")
@@ -88,15 +113,38 @@ class HomeScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#newest", DataTable)
         table.add_columns("name", "kind", "age", "size")
+        self.query_one("#jobs-line", Static).display = False
         self.query_one("#runbooks", ListView).focus()
 
     @work(thread=True, exclusive=True, group="inventory")
     def refresh_data(self) -> None:
         """The inventory is read off the event loop: the screen is up at once, and the newest
         backups and the health lines fill in when it is read."""
+        from tui.core.jobs import describe_progress, unfinished
+
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         entries = app.inventory()
+        running = []
+        for job in unfinished(app.settings.backup_dir):
+            state = job.state()
+            if job.alive(state):
+                running.append((job, state, describe_progress(job)))
         app.call_from_thread(self._show, entries)
+        app.call_from_thread(self._show_jobs, running)
+
+    def _show_jobs(self, running: list[tuple[Any, Any, str]]) -> None:
+        self._jobs_running = running
+        line = self.query_one("#jobs-line", Static)
+        line.update(job_line(running))
+        line.display = bool(running)
+
+    def action_follow_job(self) -> None:
+        from tui.screens.job import JobScreen
+
+        if not self._jobs_running:
+            self.notify("No job is running (pgrunbook jobs lists the recent ones).")
+            return
+        self.app.push_screen(JobScreen(self._jobs_running[0][0]))
 
     def _show(self, entries: list[BackupEntry]) -> None:
         app: PgRunbookApp = self.app  # type: ignore[assignment]

@@ -3,9 +3,7 @@ live output, progress and (after a restore) the verification table on the right.
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +11,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import (
     DataTable,
     Footer,
@@ -28,29 +25,18 @@ from textual.widgets import (
 )
 from textual.worker import Worker, WorkerState
 
-from tui.core.errors import PgRunbookError
-from tui.core.events import (
-    DumpProgress,
-    Event,
-    Notice,
-    PhaseStarted,
-    Progress,
-    RestoreLine,
-    TableChecked,
-    ToolOutput,
-)
+from tui.core.errors import Interrupted, PgRunbookError
 from tui.core.runbook import RUNNING, RunbookRun
-from tui.core.verify import VerifyReport
 from tui.screens.modals import AskText, YesNo
+from tui.screens.output import LOG_LINES, OperationScreen
 
 if TYPE_CHECKING:
     from tui.app import PgRunbookApp
 
 ICONS = {"pending": "·", "running": "▶", "done": "✔", "failed": "✘", "skipped": "↷"}
-LOG_LINES = 5000
 
 
-class RunnerScreen(Screen[None]):
+class RunnerScreen(OperationScreen):
     AUTO_FOCUS = "#checklist"
     BINDINGS = [
         Binding("x", "run_step", "Run step", id="runner-run", tooltip="Run this step's action"),
@@ -61,16 +47,25 @@ class RunnerScreen(Screen[None]):
         Binding("escape", "leave", "Back", id="runner-back", tooltip="Back to home"),
     ]
 
-    def __init__(self, run: RunbookRun, reason: str | None) -> None:
+    def __init__(self, run: RunbookRun, reason: str | None = None) -> None:
         super().__init__()
         self.run_state = run
-        self.reason = reason
-        self.restored: str | None = None
-        # Lines waiting for the next flush; never more than the Log keeps anyway.
-        self._pending: deque[str] = deque(maxlen=LOG_LINES)
-        self._lock = threading.Lock()
-        self._run_closed = False
-        self._report_path: Path | None = None
+        if reason is not None:
+            run.reason = reason
+        self._job: Any = None  # the job the running step follows
+
+    @property
+    def job_running(self) -> bool:
+        """A step follows a job (which outlives this app)."""
+        return self._job is not None
+
+    @property
+    def reason(self) -> str | None:
+        return self.run_state.reason
+
+    @property
+    def restored(self) -> str | None:
+        return self.run_state.restored
 
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -94,13 +89,19 @@ class RunnerScreen(Screen[None]):
 
     def on_mount(self) -> None:
         from tui.core.audit import AuditLog
-        from tui.core.backup import secrets_of
+        from tui.core.operation import secrets_of
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         book = self.run_state.runbook
-        self._audit = AuditLog(app.settings.backup_dir, secrets_of(app.settings)).start(
-            "runbook", target=app.settings.target.public(),
-            arguments={"runbook": book.id, "name": book.name}, reason=self.reason, origin="tui")
+        run = self.run_state
+        if run.audit_id is None:
+            run.audit_id = AuditLog(app.settings.backup_dir, secrets_of(app.settings)).start(
+                "runbook", target=app.settings.target.public(),
+                arguments={"runbook": book.id, "name": book.name}, reason=self.reason,
+                origin="tui").op_id
+            run.target = app.settings.target.public()
+        if run.selected_backup is None:
+            run.selected_backup = app.selected_backup
         self.query_one("#counts", DataTable).add_columns("table", "expected", "actual", "diff",
                                                          "status")
         self.set_interval(0.1, self._flush_log)
@@ -110,6 +111,15 @@ class RunnerScreen(Screen[None]):
         self.query_one("#counts", DataTable).display = False  # until there is a verification
         self.render_steps()
         self.show_step()
+        if run.state.status == RUNNING:  # a run reopened after a drop, at its running step
+            self.resume_step()
+
+    def save(self) -> None:
+        """The run on disk after every change: it outlives this terminal."""
+        from tui.core import runstate
+
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        runstate.save(app.settings.backup_dir, self.run_state)
 
     # -- rendering -------------------------------------------------------------------------
     def render_steps(self) -> None:
@@ -120,6 +130,7 @@ class RunnerScreen(Screen[None]):
             lv.append(ListItem(Label(f"{mark}{ICONS[st.status]} {st.step.title}"),
                                classes=st.status))
         lv.index = self.run_state.current
+        self.save()
 
     def show_step(self) -> None:
         st = self.run_state.state
@@ -160,89 +171,11 @@ class RunnerScreen(Screen[None]):
             parts.append(extra)
         self.query_one("#step-status", Static).update("  ".join(parts))
 
-    def show_verification(self, report: VerifyReport) -> None:
-        table = self.query_one("#counts", DataTable)
-        table.display = True
-        table.clear()
-        for r in report.ordered():
-            actual = "missing" if r.actual is None else f"{r.actual:,}"
-            diff = "" if r.difference is None else f"{r.difference:+,}"
-            status = r.status.upper()
-            style = "" if r.status == "ok" else "[b red]"
-            table.add_row(f"{style}{r.schema}.{r.table}", f"{r.expected:,}", actual, diff,
-                          f"{style}{status}")
-        for d in report.failures + report.warnings:
-            self._write(f"verify: {d.describe()}")
-        verdict = self.query_one("#verdict", Static)
-        warned = f", {len(report.warnings)} warnings" if report.warnings else ""
-        if report.passed:
-            verdict.update(f" VERIFICATION PASS — {len(report.rows)} tables, every row is back"
-                           f"{warned} ")
-            verdict.set_classes("pass")
-        elif not report.mismatches:
-            verdict.update(f" VERIFICATION FAIL — every row is back, {len(report.failures)} "
-                           f"grants/RLS/sequence problems (see the log){warned} ")
-            verdict.set_classes("fail")
-        else:
-            verdict.update(f" VERIFICATION FAIL — {len(report.mismatches)} of "
-                           f"{len(report.rows)} tables differ{warned} ")
-            verdict.set_classes("fail")
-
-    # -- events from the engine --------------------------------------------------------------
-    def emit(self, event: Event) -> None:
-        """The engine's Emit: safe from the event loop and from worker threads.
-
-        Output lines only join the pending batch (under a lock, from any thread): the 0.1 s
-        flush writes them, so a flood of pg_restore output costs the event loop one Log write
-        per flush and never more than the Log's own line limit in memory. Other events update
-        widgets, on the event loop."""
-        if isinstance(event, RestoreLine | ToolOutput):
-            with self._lock:
-                self._pending.append(event.line)
-            return
-        app = self.app
-        if threading.get_ident() != app._thread_id:
-            app.call_from_thread(self._handle, event)
-        else:
-            self._handle(event)
-
-    def _handle(self, event: Event) -> None:
-        if isinstance(event, RestoreLine | ToolOutput):
-            self._write(event.line)
-        elif isinstance(event, PhaseStarted):
-            self._write(f"== {event.phase} {event.detail}")
-            self.update_status(f"{event.phase}…")
-        elif isinstance(event, Notice):
-            self._write(f"{event.level}: {event.message}")
-        elif isinstance(event, TableChecked):
-            self._write(f"verify: {event.describe()}")
-        elif isinstance(event, DumpProgress):
-            bar = self.query_one("#progress", ProgressBar)
-            bar.display = True
-            bar.update(total=event.expected_bytes or None, progress=event.bytes_written)
-        elif isinstance(event, Progress):
-            bar = self.query_one("#progress", ProgressBar)
-            bar.display = True
-            bar.update(total=event.total or None, progress=event.done)
-
-    def _write(self, line: str) -> None:
-        with self._lock:
-            self._pending.append(line)
-
-    def _flush_log(self) -> None:
-        with self._lock:
-            if not self._pending:
-                return
-            batch = list(self._pending)
-            self._pending.clear()
-        log = self.query_one("#output", Log)
-        log.write_lines(batch)
-        log.refresh()  # a full Log stops repainting without it (Textual 8.2.8)
-
     # -- keys ------------------------------------------------------------------------------
     @on(SelectionList.SelectedChanged, "#checklist")
     def _ticked(self, event: SelectionList.SelectedChanged[int]) -> None:
         self.run_state.state.ticked = set(event.selection_list.selected)
+        self.save()
         self.update_status()
 
     def action_next_step(self) -> None:
@@ -273,7 +206,12 @@ class RunnerScreen(Screen[None]):
             return
 
         def answer(yes: bool | None) -> None:
-            if yes:
+            if not yes:
+                return
+            if self._job is not None:  # the job stops and cleans up; the step follows it out
+                self._job.cancel()
+                self._write("stopping: the job cleans up and ends")
+            else:
                 for w in workers:
                     w.cancel()
 
@@ -284,7 +222,7 @@ class RunnerScreen(Screen[None]):
         if any(w.is_running for w in self.workers):
             self.notify("An operation is running: cancel it first (c).", severity="warning")
             return
-        if not self._run_closed:
+        if not self.run_state.closed:
             path = self._close("abandoned", "left before the runbook's last step")
             self.notify(f"Runbook left part-way; report: {path}", timeout=6)
         self.app.pop_screen()
@@ -309,11 +247,36 @@ class RunnerScreen(Screen[None]):
         detail = await handler(step)
         self.run_state.finish(True, detail)
 
+    @work(exclusive=True, group="step", exit_on_error=False)
+    async def resume_step(self) -> None:
+        """The step that was running when the app went away: follow its job to its end (or
+        find how it ended), and record the outcome as if it had never been left."""
+        from tui.core.jobs import JobNotFound, find_job
+
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        st = self.run_state.state
+        if st.job_id is None:
+            raise PgRunbookError("the app closed while this step ran, before it started a job",
+                                 "Run the step again (x).")
+        try:
+            job = find_job(app.settings.backup_dir, st.job_id)
+        except JobNotFound:
+            raise PgRunbookError(f"the step's job {st.job_id} is gone",
+                                 "Check pgrunbook jobs and the audit trail, then run the step "
+                                 "again or skip it.") from None
+        self._write(f"reattached to job {job.id} ({job.state().status})")
+        result = await self._follow(job)
+        detail = self._after(st.step.kind, result)
+        self.run_state.finish(True, detail)
+
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "step":
             return
-        if event.state == WorkerState.ERROR:
+        if event.state == WorkerState.ERROR and isinstance(event.worker.error, Interrupted):
+            self._write(f"cancelled by the operator: {event.worker.error.message}")
+            self.run_state.finish(False, "cancelled by the operator")
+        elif event.state == WorkerState.ERROR:
             err = event.worker.error
             text = (f"{err.message} {err.hint or ''}".strip() if isinstance(err, PgRunbookError)
                     else f"{err.__class__.__name__}: {err}")
@@ -324,13 +287,16 @@ class RunnerScreen(Screen[None]):
             self.run_state.finish(False, "cancelled by the operator")
         elif event.state != WorkerState.SUCCESS:
             return
+        self._job = None
         self.render_steps()
         self.update_status()
 
     def _backup_spec(self, wanted: str) -> str:
         app: PgRunbookApp = self.app  # type: ignore[assignment]
-        if wanted == "selected" and app.selected_backup:
-            return app.selected_backup
+        selected = app.selected_backup or self.run_state.selected_backup
+        self.run_state.selected_backup = selected
+        if wanted == "selected" and selected:
+            return selected
         return "latest"
 
     async def _do_confirm(self, step: Any) -> str:
@@ -344,14 +310,48 @@ class RunnerScreen(Screen[None]):
             raise PgRunbookError("not confirmed", "Run the step again to confirm.")
         return f"confirmed {t.dbname}"
 
-    async def _do_backup(self, step: Any) -> str:
-        from tui.core.backup import BackupRequest, run_backup
+    async def _start_job(self, operation: str, request: Any, arguments: dict[str, Any],
+                         target: dict[str, Any] | None = None) -> Any:
+        """Run an operation as a job (it outlives this app: an SSH drop does not stop it),
+        remembered in the saved run, and follow it to its result."""
+        import asyncio
+
+        from tui.core import jobs
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
+        job = await asyncio.to_thread(jobs.start, app.settings, operation, request,
+                                      origin="tui", arguments=arguments, reason=self.reason,
+                                      target=target)
+        self.run_state.state.job_id = job.id
+        self.save()
+        self._write(f"job {job.id} started (it runs on if this terminal drops)")
+        return await self._follow(job)
+
+    async def _follow(self, job: Any) -> Any:
+        from tui.core.jobs import follow_async
+
+        self._job = job
+        try:
+            outcome = await follow_async(job, self.emit)
+        finally:
+            self._job = None
+        return outcome.unwrap()
+
+    def _after(self, kind: str, result: Any) -> str:
+        """A step's result, shown and turned into its one-line outcome (or its failure)."""
+        return {"backup": self._after_backup, "restore": self._after_restore,
+                "verify": self._after_verify, "drill": self._after_drill}[kind](result)
+
+    async def _do_backup(self, step: Any) -> str:
+        from tui.core.backup import BackupRequest
+
         kind = step.options.get("backup_kind", "manual")
-        result = await run_backup(app.settings, BackupRequest(
-            label=step.options.get("name"), kind=kind, reason=self.reason, origin="tui"),
-            self.emit)
+        request = BackupRequest(label=step.options.get("name"), kind=kind, reason=self.reason,
+                                origin="tui")
+        return self._after_backup(await self._start_job(
+            "backup", request, {"kind": kind, "name": step.options.get("name")}))
+
+    def _after_backup(self, result: Any) -> str:
         return f"{result.name}, {result.tables} tables, {result.rows:,} rows"
 
     async def _ask_restore(self, c: Any) -> str | None:
@@ -366,18 +366,26 @@ class RunnerScreen(Screen[None]):
         return "yes" if yes else None
 
     async def _do_restore(self, step: Any) -> str:
+        import asyncio
+
         from tui.core.restore import (
             RestoreFailed,
             RestoreRequest,
             SessionsConnected,
-            run_restore,
+            confirmation_needed,
+            confirmed_request,
         )
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         spec = self._backup_spec(step.options.get("backup", "latest"))
         request = RestoreRequest(backup=spec, reason=self.reason, origin="tui")
+        # Asked here, before the job: the job never waits for a terminal.
+        confirmation = await asyncio.to_thread(confirmation_needed, app.settings, request)
+        if confirmation is not None:
+            request = confirmed_request(request, confirmation,
+                                        await self._ask_restore(confirmation))
         try:
-            result = await run_restore(app.settings, request, self.emit, ask=self._ask_restore)
+            result = await self._start_job("restore", request, {"backup": request.backup})
         except RestoreFailed as exc:
             if exc.result is not None and exc.result.verify is not None:
                 self.show_verification(exc.result.verify)
@@ -388,10 +396,13 @@ class RunnerScreen(Screen[None]):
                     f"{exc.message}\nEnd these sessions and restore? (put the application in "
                     "maintenance mode first)")):
                 raise
-            request = RestoreRequest(backup=spec, reason=self.reason, origin="tui",
-                                     terminate_connections=True)
-            result = await run_restore(app.settings, request, self.emit, ask=self._ask_restore)
-        self.restored = result.backup
+            request = replace(request, terminate_connections=True)
+            result = await self._start_job("restore", request, {"backup": request.backup})
+        return self._after_restore(result)
+
+    def _after_restore(self, result: Any) -> str:
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        self.run_state.restored = result.backup
         app.last_restore = result
         if result.verify is not None:
             self.show_verification(result.verify)
@@ -408,31 +419,29 @@ class RunnerScreen(Screen[None]):
                 + (f"; PASS with {warned} warning(s)" if warned else ""))
 
     async def _do_verify(self, step: Any) -> str:
-        import asyncio
+        from tui.core.job_ops import VerifyRequest
 
-        from tui.core.restore import resolve_backup
-        from tui.core.verify import run_verify
-
-        app: PgRunbookApp = self.app  # type: ignore[assignment]
         spec = self.restored or self._backup_spec("selected")
-        entry = await asyncio.to_thread(resolve_backup, app.settings, spec)
-        if entry.meta is None:
-            raise PgRunbookError(f"backup {entry.name} has no metadata to compare with")
-        report = await asyncio.to_thread(run_verify, app.settings, entry.meta, emit=self.emit,
-                                         origin="tui")
+        return self._after_verify(await self._start_job(
+            "verify", VerifyRequest(spec, origin="tui"), {"backup": spec}))
+
+    def _after_verify(self, report: Any) -> str:
         self.show_verification(report)
         if not report.passed:
-            raise PgRunbookError(f"{len(report.mismatches)} tables differ from {entry.name}, "
-                                 f"{len(report.failures)} grants/RLS/sequence problems")
-        return f"PASS against {entry.name}"
+            raise PgRunbookError(f"{len(report.mismatches)} tables differ from "
+                                 f"{report.backup}, {len(report.failures)} grants/RLS/sequence "
+                                 "problems")
+        return f"PASS against {report.backup}"
 
     async def _do_drill(self, step: Any) -> str:
-        from tui.core.drill import run_drill
+        from tui.core.job_ops import DrillRequest
 
-        app: PgRunbookApp = self.app  # type: ignore[assignment]
-        result = await run_drill(app.settings, self._backup_spec(step.options.get("backup",
-                                                                                  "latest")),
-                                 emit=self.emit, origin="tui")
+        spec = self._backup_spec(step.options.get("backup", "latest"))
+        return self._after_drill(await self._start_job(
+            "drill", DrillRequest(spec, origin="tui"), {"backup": spec},
+            target={"name": "throwaway"}))
+
+    def _after_drill(self, result: Any) -> str:
         if result.verify is not None:
             self.show_verification(result.verify)
         if not result.passed:
@@ -497,37 +506,16 @@ class RunnerScreen(Screen[None]):
     def _close(self, result: str, error: str | None = None) -> Path | None:
         """Write the run's Markdown report and end its audit record (once): every run has
         both, whether it completed, was left part-way or the app was quit."""
-        from tui.core.drill import reports_dir
-        from tui.core.fsutil import atomic_write_bytes, ensure_private_dir
+        from tui.core import runstate
 
-        if self._run_closed:
-            return self._report_path
-        self._run_closed = True
         app: PgRunbookApp = self.app  # type: ignore[assignment]
-        extra = ""
-        if app.last_restore is not None and app.last_restore.verify is not None:
-            v = app.last_restore.verify
-            extra = (f"## Verification: {'PASS' if v.passed else 'FAIL'}\n\n"
-                     f"Time to restore: {app.last_restore.restore_seconds:.1f} s\n\n"
-                     "| table | expected | actual |\n| --- | ---: | ---: |\n" +
-                     "\n".join(f"| {r.schema}.{r.table} | {r.expected} | {r.actual} |"
-                               for r in v.ordered()) +
-                     "".join(f"\n\n{d.describe()}" if i == 0 else f"\n{d.describe()}"
-                             for i, d in enumerate(v.failures + v.warnings)))
-        directory = ensure_private_dir(reports_dir(app.settings))
-        stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
-        path = directory / f"runbook_{stamp}_{self.run_state.runbook.id}.md"
-        text = self.run_state.report(extra) + (f"\nReason: {self.reason}\n" if self.reason
-                                               else "")
-        atomic_write_bytes(path, text.encode())
-        self._report_path = path
-        self._audit.finish(result, error, report=str(path), steps=[
-            {"id": st.step.id, "status": st.status, **({"reason": st.reason} if st.reason else {})}
-            for st in self.run_state.states])
-        return path
+        return runstate.close(app.settings, self.run_state, result, error,
+                              runstate.verification_section(app.last_restore))
 
     def on_unmount(self) -> None:
-        if not self._run_closed:
-            self._close("abandoned", "the app was closed before the runbook's last step")
-
-
+        if self.run_state.closed:
+            return
+        if self._job is not None:  # the job runs on: the run stays open, to be resumed
+            self.save()
+            return
+        self._close("abandoned", "the app was closed before the runbook's last step")

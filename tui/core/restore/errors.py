@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# Target kinds (see `restore_scope.TargetKind`): which kinds an error is harmless on.
+# Target kinds (see `scope.TargetKind`): which kinds an error is harmless on.
 NON_SUPERUSER = frozenset({"supabase", "restricted"})
 
 _FROM_ENTRY_RE = re.compile(r"from TOC entry (\d+); \d+ \d+ (.*)$")

@@ -1,0 +1,143 @@
+"""A runbook run saved after every change (BACKUP_DIR/runs/<id>.json, 0600, written
+atomically), so that a run outlives the terminal that showed it: reopening the TUI after an SSH
+drop offers the unfinished run and continues it at its step."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tui.core.fsutil import atomic_write_bytes, ensure_private_dir
+from tui.core.runbook import Runbook, RunbookRun, StepState
+from tui.core.settings import Settings
+
+RUNS_DIR = "runs"
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def to_json(run: RunbookRun) -> dict[str, Any]:
+    return {
+        "id": run.id, "runbook": run.runbook.id, "current": run.current,
+        "started": _when(run.started), "reason": run.reason, "audit_id": run.audit_id,
+        "target": run.target, "restored": run.restored, "selected_backup": run.selected_backup,
+        "closed": run.closed, "report_path": run.report_path,
+        "timeline": [[_when(t), text] for t, text in run.timeline],
+        "steps": [{"id": st.step.id, "status": st.status, "ticked": sorted(st.ticked),
+                   "reason": st.reason, "detail": st.detail, "started": _when(st.started),
+                   "finished": _when(st.finished), "job_id": st.job_id}
+                  for st in run.states],
+    }
+
+
+def from_json(data: dict[str, Any], runbooks: dict[str, Runbook]) -> RunbookRun | None:
+    """The saved run, or None when its runbook is gone or has other steps now."""
+    book = runbooks.get(str(data.get("runbook")))
+    saved = data.get("steps") or []
+    if book is None or [s.id for s in book.steps] != [s.get("id") for s in saved]:
+        return None
+    states = [StepState(step, status=str(s.get("status")), ticked=set(s.get("ticked") or ()),
+                        reason=s.get("reason"), detail=s.get("detail"),
+                        started=_parse(s.get("started")), finished=_parse(s.get("finished")),
+                        job_id=s.get("job_id"))
+              for step, s in zip(book.steps, saved, strict=True)]
+    run = RunbookRun(book, states=states, current=int(data.get("current") or 0),
+                     timeline=[(t, text) for when, text in data.get("timeline") or []
+                               if (t := _parse(when)) is not None],
+                     id=str(data["id"]), reason=data.get("reason"),
+                     audit_id=data.get("audit_id"), target=data.get("target"),
+                     restored=data.get("restored"), selected_backup=data.get("selected_backup"),
+                     closed=bool(data.get("closed")), report_path=data.get("report_path"))
+    started = _parse(data.get("started"))
+    if started is not None:
+        run.started = started
+    return run
+
+
+def runs_dir(backup_dir: Path) -> Path:
+    return backup_dir / RUNS_DIR
+
+
+def save(backup_dir: Path, run: RunbookRun) -> None:
+    directory = ensure_private_dir(runs_dir(backup_dir))
+    atomic_write_bytes(directory / f"{run.id}.json",
+                       json.dumps(to_json(run), indent=1, ensure_ascii=False).encode())
+
+
+def unfinished(backup_dir: Path, runbooks: list[Runbook],
+               target: dict[str, Any] | None = None) -> list[RunbookRun]:
+    """Runs that were neither completed nor closed (the app died with them), newest first;
+    with `target`, only those on that endpoint."""
+    directory = runs_dir(backup_dir)
+    if not directory.is_dir():
+        return []
+    books = {b.id: b for b in runbooks}
+    found = []
+    for name in sorted(os.listdir(directory), reverse=True):
+        if not name.endswith(".json"):
+            continue
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads((directory / name).read_text(encoding="utf-8"))
+            if data.get("closed"):
+                continue
+            if target is not None and _endpoint(data.get("target")) != _endpoint(target):
+                continue
+            run = from_json(data, books)
+            if run is not None:
+                found.append(run)
+    return found
+
+
+def _endpoint(target: dict[str, Any] | None) -> tuple[Any, ...]:
+    t = target or {}
+    return (t.get("host"), t.get("port"), t.get("database"))
+
+
+def verification_section(result: Any) -> str:
+    """The report's verification part for a restore's result (or "")."""
+    if result is None or result.verify is None:
+        return ""
+    v = result.verify
+    return (f"## Verification: {'PASS' if v.passed else 'FAIL'}\n\n"
+            f"Time to restore: {result.restore_seconds:.1f} s\n\n"
+            "| table | expected | actual |\n| --- | ---: | ---: |\n" +
+            "\n".join(f"| {r.schema}.{r.table} | {r.expected} | {r.actual} |"
+                      for r in v.ordered()) +
+            "".join(f"\n\n{d.describe()}" if i == 0 else f"\n{d.describe()}"
+                    for i, d in enumerate(v.failures + v.warnings)))
+
+
+def close(settings: Settings, run: RunbookRun, result: str, error: str | None = None,
+          extra: str = "") -> Path:
+    """End a run once: its Markdown report, its audit record's end line, and the saved run
+    marked closed. Every run ends here, completed, left part-way, or dropped and not resumed."""
+    from tui.core.audit import AuditLog
+    from tui.core.drill import reports_dir
+    from tui.core.operation import secrets_of
+
+    if run.closed and run.report_path:
+        return Path(run.report_path)
+    directory = ensure_private_dir(reports_dir(settings))
+    stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
+    path = directory / f"runbook_{stamp}_{run.runbook.id}.md"
+    text = run.report(extra) + (f"\nReason: {run.reason}\n" if run.reason else "")
+    atomic_write_bytes(path, text.encode())
+    if run.audit_id is not None:
+        AuditLog(settings.backup_dir, secrets_of(settings)).resume(run.audit_id).finish(
+            result, error, report=str(path), steps=[
+                {"id": st.step.id, "status": st.status, **({"reason": st.reason}
+                                                           if st.reason else {})}
+                for st in run.states])
+    run.closed, run.report_path = True, str(path)
+    save(settings.backup_dir, run)
+    return path
