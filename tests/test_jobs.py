@@ -18,7 +18,7 @@ from tests.conftest import PASSWORD, Server, Workspace, clean_env
 from tests.test_backup import _wait_for
 from tests.test_restore import _pids_of
 from tui.core import events
-from tui.core.jobs import decode_event, encode_event
+from tui.core.journal import decode_event, encode_event
 
 
 def _backup(ws: Workspace) -> str:
@@ -81,6 +81,8 @@ def test_events_round_trip_through_the_journal() -> None:
     for event in samples:
         record = json.loads(json.dumps(encode_event(event)))
         assert decode_event(record) == event
+        # One text per event, shared by the CLI, the TUI and the log: never the bare repr.
+        assert not event.describe().startswith(type(event).__name__), event
     assert decode_event({"kind": "event", "type": "NoSuchEvent", "data": {}}) is None
 
 

@@ -129,7 +129,7 @@ class PgRunbookApp(App[None]):
         """A run the app went away with (an SSH drop, a killed terminal): resume it at its
         step, with the running step's job followed again, or close it with its report."""
         from tui.core import runstate
-        from tui.core.jobs import reconcile
+        from tui.core.reconcile import reconcile
         from tui.screens.modals import YesNo
 
         reconcile(self.settings.backup_dir)  # jobs that died with it are told as such

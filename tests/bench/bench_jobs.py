@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 
 from tests.bench.bench_backup import write_json  # noqa: E402
-from tui.core import jobs  # noqa: E402
+from tui.core import jobs, journal  # noqa: E402
 from tui.core.backup import BackupRequest  # noqa: E402
 from tui.core.cluster import ThrowawayCluster, new_password  # noqa: E402
 from tui.core.settings import load_settings  # noqa: E402
@@ -57,9 +57,9 @@ def run_once(settings: Any, spawn: bool) -> dict[str, float]:
     while (outcome := follower.poll()) is None:
         time.sleep(jobs.POLL_SECONDS)
     outcome.unwrap()
-    written = [r["t"] for r in jobs.JournalReader(job.journal_path).read()
+    written = [r["t"] for r in journal.JournalReader(job.journal_path).read()
                if r.get("kind") == "event"
-               and jobs.decode_event(r) is not None]
+               and journal.decode_event(r) is not None]
     delays = [max(0.0, got - wrote) for got, wrote in zip(received, written, strict=True)]
     return {"first": delays[0], "median": statistics.median(delays),
             "p95": sorted(delays)[int(0.95 * (len(delays) - 1))], "max": max(delays),

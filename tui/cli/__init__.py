@@ -47,7 +47,7 @@ def _reconcile(backup_dir: Path) -> None:
     active = backup_dir / "jobs" / "active"
     if not (active.is_dir() and any(active.iterdir())):
         return
-    from tui.core.jobs import reconcile
+    from tui.core.reconcile import reconcile
 
     for outcome in reconcile(backup_dir):
         error = outcome.error

@@ -82,24 +82,23 @@ class Renderer:
     def __call__(self, event: Event) -> None:
         if isinstance(event, PhaseStarted):
             self._stop_bar()
-            detail = f" ({event.detail})" if event.detail else ""
-            _out(f"· {event.phase}{detail}", self.stream)
+            _out(f"· {event.describe()}", self.stream)
         elif isinstance(event, Notice):
             self._stop_bar()
-            _out(f"{event.level}: {event.message}", self.stream)
+            _out(event.describe(), self.stream)
         elif isinstance(event, ToolOutput):
             if self.verbose:
-                _out(f"  {event.tool}: {event.line}", self.stream)
+                _out(f"  {event.describe()}", self.stream)
         elif isinstance(event, DumpProgress):
             self._progress_event(event)
         elif isinstance(event, Progress):
             self._generic_progress(event)
         elif isinstance(event, RestoreLine):
             if self.verbose or event.is_error:
-                self._line(f"  {event.line}")
+                self._line(f"  {event.describe()}")
         elif isinstance(event, TableChecked):
             if self.verbose:
-                self._line(f"  verify: {event.describe()}")
+                self._line(f"  {event.describe()}")
         elif isinstance(event, BackupFinished):
             self._stop_bar()
 

@@ -1,5 +1,7 @@
 """Typed progress events. The engine emits them; the CLI and the TUI render them; the audit
-trail and operation logs record them. Nothing in the engine prints."""
+trail and operation logs record them; a job's journal carries them to its viewers. Nothing in
+the engine prints. Each event's one line of text is its `describe()`, the same in the CLI, the
+TUI and the log (a face adds only its own marks: a bullet, a prefix)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from dataclasses import dataclass
 class Event:
     """Base class of every progress event."""
 
+    def describe(self) -> str:
+        return repr(self)
+
 
 @dataclass(frozen=True)
 class PhaseStarted(Event):
@@ -19,6 +24,9 @@ class PhaseStarted(Event):
     phase: str
     detail: str = ""
 
+    def describe(self) -> str:
+        return f"{self.phase} ({self.detail})" if self.detail else self.phase
+
 
 @dataclass(frozen=True)
 class Notice(Event):
@@ -26,6 +34,9 @@ class Notice(Event):
 
     level: str
     message: str
+
+    def describe(self) -> str:
+        return f"{self.level}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,10 @@ class DumpProgress(Event):
     expected_bytes: int | None
     eta: float | None
 
+    def describe(self) -> str:
+        of = f" of about {self.expected_bytes:,}" if self.expected_bytes else ""
+        return f"written {self.bytes_written:,}{of} bytes in {self.elapsed:.0f} s"
+
 
 @dataclass(frozen=True)
 class ToolOutput(Event):
@@ -45,6 +60,10 @@ class ToolOutput(Event):
 
     tool: str
     line: str
+
+    def describe(self) -> str:
+        # pg_dump and pg_restore name themselves at the start of their lines already.
+        return self.line if self.line.startswith(f"{self.tool}:") else f"{self.tool}: {self.line}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,9 @@ class BackupFinished(Event):
     size_bytes: int
     sha256: str
     duration: float
+
+    def describe(self) -> str:
+        return f"backup {self.name} complete: {self.size_bytes:,} bytes, sha256 {self.sha256}"
 
 
 Emit = Callable[[Event], None]
@@ -75,6 +97,10 @@ class Progress(Event):
     elapsed: float
     unit: str = "bytes"  # or "items"
 
+    def describe(self) -> str:
+        of = f" of {self.total:,}" if self.total else ""
+        return f"{self.phase}: {self.done:,}{of} {self.unit} in {self.elapsed:.0f} s"
+
     @property
     def eta(self) -> float | None:
         if not self.total or not self.done or self.elapsed <= 0:
@@ -88,6 +114,9 @@ class RestoreLine(Event):
 
     line: str
     is_error: bool = False
+
+    def describe(self) -> str:
+        return self.line
 
 
 @dataclass(frozen=True)
@@ -103,6 +132,9 @@ class TableChecked(Event):
     during_restore: bool = False
 
     def describe(self) -> str:
+        return f"verify: {self.outcome()}"
+
+    def outcome(self) -> str:
         what = (f"counted {self.rows:,} rows" if self.task == "count" and self.rows is not None
                 else "missing on the target" if self.task == "count" else "analyzed")
         when = ", while pg_restore ran" if self.during_restore else ""
@@ -117,6 +149,9 @@ class OperationStarted(Event):
     audit_id: str
     log_path: str
 
+    def describe(self) -> str:
+        return f"{self.operation} started (audit record {self.audit_id}, log {self.log_path})"
+
 
 @dataclass(frozen=True)
 class OperationEnded(Event):
@@ -125,6 +160,9 @@ class OperationEnded(Event):
     operation: str
     audit_id: str
     result: str
+
+    def describe(self) -> str:
+        return f"{self.operation} ended: {self.result} (audit record {self.audit_id})"
 
 
 @dataclass(frozen=True)
@@ -136,3 +174,7 @@ class TargetChanging(Event):
     database: str
     safety_backup: str | None
     undo_command: str | None
+
+    def describe(self) -> str:
+        return (f"changing target {self.target} (database {self.database}) from here; safety "
+                f"backup: {self.safety_backup or 'none'}")

@@ -11,42 +11,39 @@ hang-up of the SSH session or tmux does not reach it. Its directory, BACKUP_DIR/
 - `outcome.pickle`: the operation's result or its error, for the viewers to render exactly as
   a foreground run would (written by the job itself, read back by the same user's pgrunbook).
 BACKUP_DIR/jobs/active/<id> exists while a job is unfinished: the next pgrunbook command that
-finds one whose process is gone reconciles it (`reconcile`): it ends the job's leftover child
-processes, removes its temp files, releases its lock, records the job as `abandoned` in the
-audit trail, and says from the journal's last milestone what state the target may be in.
+finds one whose process is gone reconciles it (`tui.core.reconcile`). The journal's format is
+`tui.core.journal`; what each operation is as a job, `tui.core.job_ops`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import pickle
 import secrets as _secrets
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tui.core import events as _events
-from tui.core.audit import AuditLog, iso, operator_identity, redact, utcnow
+from tui.core.audit import iso, operator_identity, redact, utcnow
 from tui.core.errors import EXIT_FAILED, OperationFailed, PgRunbookError
-from tui.core.events import Emit, Event
+from tui.core.events import Emit
 from tui.core.fsutil import (
     PRIVATE_FILE,
     atomic_write_bytes,
     ensure_private_dir,
     temp_listeners,
 )
+from tui.core.journal import JournalReader, JournalWriter, decode_event
 from tui.core.settings import Settings
 from tui.core.targets import pickle_with_secrets
 
@@ -70,7 +67,7 @@ class JobNotFound(PgRunbookError):
     exit_code = 2
 
 
-# -- the state and the journal -----------------------------------------------------------------
+# -- the state ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -101,73 +98,6 @@ class JobState:
     @property
     def finished(self) -> bool:
         return self.status not in UNFINISHED
-
-
-def encode_event(event: Event) -> dict[str, Any]:
-    return {"kind": "event", "type": type(event).__name__, "data": dataclasses.asdict(event)}
-
-
-def decode_event(record: dict[str, Any]) -> Event | None:
-    cls = getattr(_events, str(record.get("type")), None)
-    if not (isinstance(cls, type) and issubclass(cls, Event)):
-        return None
-    try:
-        event: Event = cls(**record.get("data", {}))
-    except TypeError:  # a journal from another version of pgrunbook
-        return None
-    return event
-
-
-class JournalWriter:
-    """Appends records to a job's journal; string values have the secrets masked."""
-
-    def __init__(self, path: Path, secrets: Iterable[str] = ()) -> None:
-        self.path = path
-        self.secrets = [s for s in secrets if s]
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                           PRIVATE_FILE)
-        self._lock = threading.Lock()  # events also come from the engine's worker threads
-
-    def write(self, record: dict[str, Any]) -> None:
-        record = {"t": round(time.time(), 3), **record}
-        line = json.dumps(redact(record, self.secrets) if self.secrets else record,
-                          ensure_ascii=False, default=str) + "\n"
-        with self._lock, contextlib.suppress(OSError):
-            os.write(self._fd, line.encode("utf-8"))
-
-    def event(self, event: Event) -> None:
-        self.write(encode_event(event))
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.fsync(self._fd)
-            os.close(self._fd)
-
-
-class JournalReader:
-    """Reads a journal's complete lines from where the last read stopped."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self._partial = b""
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        records = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                records.append(json.loads(line))
-        return records
 
 
 # -- one job ------------------------------------------------------------------------------------
@@ -281,14 +211,6 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return None
     fields = raw[raw.rfind(")") + 2:].split()
     return fields[0], int(fields[19])
-
-
-def _session_of(pid: int) -> int | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(raw[raw.rfind(")") + 2:].split()[3])
 
 
 def jobs_dir(backup_dir: Path) -> Path:
@@ -493,6 +415,8 @@ class Follower:
                 outcome = self._hand_out(self.reader.read())
                 if outcome is not None:
                     return outcome
+                from tui.core.reconcile import reconcile_job
+
                 self.job.reap()
                 return reconcile_job(self.job)
         return None
@@ -534,171 +458,12 @@ async def follow_async(job: Job, emit: Emit) -> Outcome:
         await asyncio.sleep(POLL_SECONDS)
 
 
-# -- the dead ----------------------------------------------------------------------------------
-
-
 def unfinished(backup_dir: Path) -> list[Job]:
     root = jobs_dir(backup_dir) / ACTIVE_DIR
     if not root.is_dir():
         return []
     return [Job(jobs_dir(backup_dir) / name) for name in sorted(os.listdir(root))
             if (jobs_dir(backup_dir) / name / "state.json").exists()]
-
-
-def reconcile(backup_dir: Path) -> list[Outcome]:
-    """Reconcile every unfinished job whose process is gone; returns what was found (each
-    outcome's error says what happened and what to run)."""
-    found = []
-    for job in unfinished(backup_dir):
-        try:
-            state = job.state()
-        except JobNotFound:
-            continue
-        if state.finished:
-            job.active_marker.unlink(missing_ok=True)
-            continue
-        if job.alive(state):
-            continue
-        outcome = reconcile_job(job)
-        if outcome is not None:
-            found.append(outcome)
-    return found
-
-
-@dataclass
-class _Trace:
-    """What a dead job's journal says it had done."""
-
-    audit_ids: dict[str, str] = field(default_factory=dict)  # open audit records: id -> op
-    temps: list[str] = field(default_factory=list)
-    last_phase: str | None = None
-    changing: dict[str, Any] | None = None  # TargetChanging's fields, once the target changes
-    ended: bool = False
-
-
-def _trace(job: Job) -> _Trace:
-    trace = _Trace()
-    for record in JournalReader(job.journal_path).read():
-        kind = record.get("kind")
-        if kind == "temp":
-            trace.temps.append(str(record.get("path")))
-        elif kind == "end":
-            trace.ended = True
-        elif kind == "event":
-            data = record.get("data") or {}
-            if record.get("type") == "OperationStarted":
-                trace.audit_ids[str(data.get("audit_id"))] = str(data.get("operation"))
-            elif record.get("type") == "OperationEnded":
-                trace.audit_ids.pop(str(data.get("audit_id")), None)
-            elif record.get("type") == "PhaseStarted":
-                trace.last_phase = str(data.get("phase"))
-            elif record.get("type") == "TargetChanging":
-                trace.changing = data
-    return trace
-
-
-def reconcile_job(job: Job) -> Outcome:
-    """A job whose process is gone without an end line: end its leftover processes, remove
-    its temp files, release its lock, close its audit records as `abandoned`, and record the
-    outcome (an error saying what state the target may be in and what to run)."""
-    lock_fd = os.open(job.directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # one reconciler at a time
-        state = job.state()
-        if state.finished:
-            return job.outcome()
-        trace = _trace(job)
-        if trace.ended:
-            return job.outcome()
-        if state.pid is not None:
-            _end_session(state.pid)
-        for path in trace.temps:
-            p = Path(path)
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-        _release_locks(job.backup_dir, state.pid)
-        message, hint = _advice(state, trace)
-        audit = AuditLog(job.backup_dir)
-        starts = {e.get("id"): e for e in audit.entries()
-                  if e.get("event") == "start" and e.get("id") in trace.audit_ids}
-        for audit_id in trace.audit_ids:
-            base = {k: v for k, v in (starts.get(audit_id) or {"id": audit_id}).items()
-                    if k not in ("time", "event")}
-            audit.append({"time": iso(utcnow()), **base, "event": "end", "result": ABANDONED,
-                          "error": message, "job": job.id, "last_phase": trace.last_phase})
-        error = JobAbandoned(message, hint)
-        outcome = Outcome(ABANDONED, EXIT_FAILED, error=error)
-        journal = JournalWriter(job.journal_path)
-        finish(job, journal, outcome, f"{message} {hint}")
-        return outcome
-    finally:
-        os.close(lock_fd)
-
-
-def _end_session(pid: int) -> None:
-    """Stop what the dead job left running: its session's processes (pg_restore, pg_dump,
-    zstd, a drill's server), SIGTERM first, SIGKILL after a few seconds."""
-    def members() -> list[int]:
-        found = []
-        for name in os.listdir("/proc"):
-            if name.isdigit() and int(name) != os.getpid() and _session_of(int(name)) == pid:
-                found.append(int(name))
-        return found
-
-    left = members()
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for member in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(member, sig)
-        deadline = time.monotonic() + 5
-        while left and time.monotonic() < deadline:
-            time.sleep(0.05)
-            left = [m for m in members() if (_proc_stat(m) or ("Z",))[0] != "Z"]
-        if not left:
-            return
-
-
-def _release_locks(backup_dir: Path, pid: int | None) -> None:
-    """Clear the target lock files the dead process held (the lock itself died with it)."""
-    for path in backup_dir.glob(".lock-*"):
-        with contextlib.suppress(OSError, ValueError):
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-                if holder.get("pid") == pid:
-                    os.ftruncate(fd, 0)
-            except BlockingIOError:
-                pass
-            finally:
-                os.close(fd)
-
-
-def _advice(state: JobState, trace: _Trace) -> tuple[str, str]:
-    what = f"{state.operation} job {state.id}"
-    head = (f"{what} ended without finishing (its process was killed, the machine restarted "
-            f"or it ran out of memory){f' during {trace.last_phase}' if trace.last_phase else ''}")
-    target = (state.target or {}).get("name", "the target")
-    if state.operation == "restore":
-        if trace.changing is not None:
-            safety = trace.changing.get("safety_backup")
-            undo = trace.changing.get("undo_command")
-            return (f"{head}: target {target!r} is INCOMPLETE (the restore had begun "
-                    "changing it).",
-                    f"The safety backup {safety} is intact; put it back with: {undo}"
-                    if safety and undo else
-                    "Restore a backup into it again (pgrunbook restore latest).")
-        return (f"{head}, before it changed target {target!r}: the target is as it was.",
-                "Run the restore again.")
-    if state.operation == "backup":
-        return (f"{head}: its partial file was removed and no backup was recorded.",
-                "Run the backup again.")
-    if state.operation == "drill":
-        return (f"{head}: its throwaway server was stopped; no drill was recorded.",
-                "Run the drill again.")
-    return (f"{head}.", f"Run the {state.operation} again.")
 
 
 def describe_progress(job: Job) -> str:

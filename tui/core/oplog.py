@@ -15,12 +15,8 @@ from tui.core.events import (
     DumpProgress,
     Emit,
     Event,
-    Notice,
     PhaseStarted,
     Progress,
-    RestoreLine,
-    TableChecked,
-    ToolOutput,
 )
 from tui.core.fsutil import PRIVATE_FILE, ensure_private_dir
 
@@ -64,13 +60,5 @@ def _describe(event: Event) -> str | None:
     if isinstance(event, (DumpProgress, Progress)):
         return None
     if isinstance(event, PhaseStarted):
-        return f"== {event.phase} {event.detail}".rstrip()
-    if isinstance(event, Notice):
-        return f"{event.level}: {event.message}"
-    if isinstance(event, ToolOutput):
-        return f"{event.tool}: {event.line}"
-    if isinstance(event, RestoreLine):
-        return event.line
-    if isinstance(event, TableChecked):
-        return f"verify: {event.describe()}"
-    return repr(event)
+        return f"== {event.describe()}"
+    return event.describe()

@@ -76,7 +76,7 @@ class OperationScreen(Screen[None]):
         widgets, on the event loop."""
         if isinstance(event, RestoreLine | ToolOutput):
             with self._lock:
-                self._pending.append(event.line)
+                self._pending.append(event.describe())
             return
         app = self.app
         if threading.get_ident() != app._thread_id:
@@ -85,15 +85,11 @@ class OperationScreen(Screen[None]):
             self._handle(event)
 
     def _handle(self, event: Event) -> None:
-        if isinstance(event, RestoreLine | ToolOutput):
-            self._write(event.line)
+        if isinstance(event, RestoreLine | ToolOutput | Notice | TableChecked):
+            self._write(event.describe())
         elif isinstance(event, PhaseStarted):
-            self._write(f"== {event.phase} {event.detail}")
+            self._write(f"== {event.describe()}")
             self.update_status(f"{event.phase}…")
-        elif isinstance(event, Notice):
-            self._write(f"{event.level}: {event.message}")
-        elif isinstance(event, TableChecked):
-            self._write(f"verify: {event.describe()}")
         elif isinstance(event, DumpProgress):
             bar = self.query_one("#progress", ProgressBar)
             bar.display = True
