@@ -272,3 +272,35 @@ async def test_home_shows_the_s3_status_at_a_glance(workspace: Workspace, moto_p
             await pilot.pause()
             health = str(app.screen.query_one("#health", Static).render())
             assert expected in health, health
+
+
+async def test_the_browser_fetches_an_s3_only_backup_as_a_job(workspace: Workspace,
+                                                               moto_port: int,
+                                                               bucket: str) -> None:
+    from tests.conftest import clean_env
+    from tui.app import make_app
+    from tui.core.settings import load_settings
+    from tui.screens.browser import BrowserScreen
+
+    s3_env(workspace, bucket, f"http://127.0.0.1:{moto_port}")
+    out = json.loads(workspace.run("backup", "--json", check=True).stdout)
+    for path in (Path(out["path"]), Path(out["meta_path"]), Path(out["path"] + ".roles.sql")):
+        path.unlink()
+    app = make_app(load_settings(env_file=workspace.env_file, environ=clean_env()))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.press("b")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, BrowserScreen)
+        await pilot.press("f")
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    assert Path(out["path"]).exists() and Path(out["meta_path"]).exists()
+    jobs = json.loads(workspace.run("jobs", "--json", check=True).stdout)
+    assert jobs[0]["operation"] == "download" and jobs[0]["status"] == "ok", jobs[0]
+    assert jobs[0]["origin"] == "tui"
+    audit = [json.loads(x) for x in (workspace.backup_dir / "audit.log").read_text().splitlines()]
+    assert [e["result"] for e in audit if e["operation"] == "download" and e["event"] == "end"] \
+        == ["ok"]

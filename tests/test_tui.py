@@ -283,3 +283,48 @@ async def test_history_lists_the_audit_trail_newest_first_and_filters(
         await pilot.pause()
         assert table.row_count >= 1
         assert all(table.get_row_at(i)[1] == "verify" for i in range(table.row_count))
+
+
+async def test_home_shows_a_running_job_and_follows_it_to_its_verdict(
+        workspace: Workspace, server: Server) -> None:
+    """A restore started elsewhere (another terminal, a dropped one) shows on the home screen;
+    `j` follows it: what it printed so far, then live, then its verification."""
+    import subprocess
+
+    from tests.test_backup import _wait_for
+    from tests.test_jobs import _restoring
+    from tui.screens.job import JobScreen
+
+    workspace.run("backup", check=True)
+    holder = server.block_create_table(workspace.dbname, 4747)
+    starter = subprocess.Popen(workspace.cli_argv("restore", "latest", "--yes",
+                                                  "--terminate-connections"),
+                               cwd=workspace.path, env=clean_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _restoring(server, workspace.dbname), "pg_restore to start", 60)
+        app = make_app(settings_for(workspace))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            line = app.screen.query_one("#jobs-line", Static)
+            assert line.display and "Job running: restore of testdb" in str(line.render())
+            await pilot.press("j")
+            await pilot.pause()
+            assert isinstance(app.screen, JobScreen)
+            holder.close()  # pg_restore goes on
+            with contextlib.suppress(WorkerFailed):
+                await app.workers.wait_for_complete()
+            await pilot.pause()
+            verdict = app.screen.query_one("#verdict", Static)
+            assert "VERIFICATION PASS" in str(verdict.render()), str(verdict.render())
+            assert app.screen.query_one("#counts", DataTable).row_count > 10
+            status = str(app.screen.query_one("#step-status", Static).render())
+            assert status.startswith("ok: PASS"), status
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not isinstance(app.screen, JobScreen)
+    finally:
+        holder.close()
+        starter.wait(timeout=120)
+    assert starter.returncode == 0

@@ -17,7 +17,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,19 +39,9 @@ GOAL_SECONDS = 0.2
 
 def run_once(settings: Any, spawn: bool) -> dict[str, float]:
     received: list[float] = []
-    blocker = threading.Event()
-    helper = None
-    if spawn:  # a second thread makes `jobs.start` spawn a fresh interpreter, as the TUI does
-        helper = threading.Thread(target=blocker.wait, daemon=True)
-        helper.start()
     started = time.time()
-    try:
-        job = jobs.start(settings, "backup", BackupRequest(label="bench", reason="bench"),
-                         origin="bench", arguments={})
-    finally:
-        blocker.set()
-        if helper is not None:
-            helper.join()
+    job = jobs.start(settings, "backup", BackupRequest(label="bench", reason="bench"),
+                     origin="bench", arguments={}, fork=not spawn)
     follower = jobs.Follower(job, lambda _event: received.append(time.time()))
     while (outcome := follower.poll()) is None:
         time.sleep(jobs.POLL_SECONDS)

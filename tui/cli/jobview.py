@@ -23,7 +23,7 @@ def run_job(settings: Settings, operation: str, request: Any, renderer: Renderer
     from tui.core import jobs
 
     job = jobs.start(settings, operation, request, origin="cli", arguments=arguments,
-                     reason=reason, target=target)
+                     reason=reason, target=target, fork=True)
     return follow(job, renderer, stop_on_interrupt=True)
 
 

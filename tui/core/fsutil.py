@@ -49,16 +49,20 @@ def open_private_exclusive(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
 
 
-def atomic_write_bytes(final: Path, data: bytes) -> None:
-    """Write `data` to `final` so that readers see the old file or the whole new one."""
-    tmp = temp_path_for(final)
+def atomic_write_bytes(final: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to `final` so that readers see the old file or the whole new one.
+    `durable=False`, for bookkeeping that is rewritten often and may be lost in a crash (a
+    job's state): no fsync, and the temp name is not announced to `temp_listeners`."""
+    tmp = temp_path_for(final) if durable else \
+        final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}")
     fd = open_private_exclusive(tmp)
     try:
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -66,7 +70,8 @@ def atomic_write_bytes(final: Path, data: bytes) -> None:
         raise
     os.close(fd)
     os.replace(tmp, final)
-    fsync_dir(final.parent)
+    if durable:
+        fsync_dir(final.parent)
 
 
 def publish(tmp: Path, final: Path) -> None:

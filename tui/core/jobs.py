@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import pickle
 import secrets as _secrets
+import select
 import signal
 import subprocess
 import sys
@@ -123,6 +125,7 @@ class Job:
     directory: Path
     pid: int | None = None  # known to the process that started it
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    wake_fd: int | None = None  # readable when the job forked by this process wrote or ended
 
     @property
     def id(self) -> str:
@@ -155,7 +158,9 @@ class Job:
             raise JobNotFound(f"job {self.id} has no readable state ({exc}).") from None
 
     def write_state(self, state: JobState) -> None:
-        atomic_write_bytes(self.state_path, json.dumps(state.as_json(), indent=1).encode())
+        # Not fsynced: after a crash a job is reconciled from its journal whatever this says.
+        atomic_write_bytes(self.state_path, json.dumps(state.as_json(), indent=1).encode(),
+                           durable=False)
 
     def alive(self, state: JobState | None = None) -> bool:
         state = state or self.state()
@@ -193,14 +198,29 @@ class Job:
             os.kill(pid, signal.SIGTERM)
         return True
 
+    def wait_for_news(self, timeout: float) -> None:
+        """Sleep until the job (forked by this process) writes, or `timeout` seconds."""
+        if self.wake_fd is None:
+            time.sleep(timeout)
+            return
+        ready, _, _ = select.select([self.wake_fd], [], [], timeout)
+        if ready:
+            data = os.read(self.wake_fd, 65536)
+            if not data:  # the job closed its end: it has ended
+                os.close(self.wake_fd)
+                self.wake_fd = None
+
     def reap(self) -> None:
-        """Collect the exit status of a job this process forked or spawned."""
+        """Collect the exit status of a job this process forked or spawned, if it has exited
+        (one that is still closing its files is collected by init once this process ends)."""
         if self.popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=5)
+            self.popen.poll()
         elif self.pid is not None:
             with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(self.pid, 0)
+                os.waitpid(self.pid, os.WNOHANG)
+        if self.wake_fd is not None:
+            os.close(self.wake_fd)
+            self.wake_fd = None
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
@@ -251,9 +271,12 @@ def find_job(backup_dir: Path, job_id: str | None) -> Job:
 
 def start(settings: Settings, operation: str, request: Any, *, origin: str,
           arguments: dict[str, Any], reason: str | None = None,
-          target: dict[str, Any] | None = None) -> Job:
+          target: dict[str, Any] | None = None, fork: bool = False) -> Job:
     """Start `operation` with `request` detached; the caller follows the returned job.
-    Questions for the operator are asked before this: the job never waits for a terminal."""
+    Questions for the operator are asked before this: the job never waits for a terminal.
+    `fork`: the job is a fork of this process (quick: nothing to import again), which only a
+    process without threads or a running event loop may do (the CLI); otherwise a fresh
+    interpreter runs it (the TUI)."""
     from tui.core.job_ops import OPERATIONS
     from tui.core.operation import secrets_of
 
@@ -274,23 +297,34 @@ def start(settings: Settings, operation: str, request: Any, *, origin: str,
     fd = os.open(job.journal_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
     os.close(fd)
     job.active_marker.touch(mode=PRIVATE_FILE)
-    if threading.active_count() == 1:
+    if fork and threading.active_count() == 1:
         _fork(job, settings, operation, request)
-    else:  # a process with threads (the TUI) must not fork: a fresh interpreter runs it
+    else:
         _spawn(job, settings, operation, request)
     return job
 
 
 def _fork(job: Job, settings: Settings, operation: str, request: Any) -> None:
+    # A pipe only to wake the viewer that forked the job: the job writes a byte after each
+    # journal line, and its end closes the pipe, so this viewer sees both at once instead of
+    # at its next look (other viewers look every POLL_SECONDS).
+    wake_r, wake_w = os.pipe()
+    # The collector would walk (and so copy) every object the two processes share; frozen,
+    # the objects stay shared pages until one of them really changes them.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # the job
         code = EXIT_FAILED
         try:
+            os.close(wake_r)
             os.setsid()
-            code = run_child(job, settings, operation, request)
+            os.set_blocking(wake_w, False)
+            code = run_child(job, settings, operation, request, wake_fd=wake_w)
         finally:
             os._exit(code)
+    os.close(wake_w)
     job.pid = pid
+    job.wake_fd = wake_r
 
 
 def _spawn(job: Job, settings: Settings, operation: str, request: Any) -> None:
@@ -311,7 +345,8 @@ def _spawn(job: Job, settings: Settings, operation: str, request: Any) -> None:
     job.popen = popen
 
 
-def run_child(job: Job, settings: Settings, operation: str, request: Any) -> int:
+def run_child(job: Job, settings: Settings, operation: str, request: Any,
+              wake_fd: int | None = None) -> int:
     """The job's process: detach from any terminal, run, record the outcome, end."""
     import asyncio
 
@@ -326,13 +361,12 @@ def run_child(job: Job, settings: Settings, operation: str, request: Any) -> int
     os.dup2(errors, 2)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     spec = OPERATIONS[operation]
     state = job.state()
     state.status, state.pid = RUNNING, os.getpid()
     state.proc_start = (_proc_stat(os.getpid()) or ("", None))[1]
     job.write_state(state)
-    journal = JournalWriter(job.journal_path, secrets_of(settings))
+    journal = JournalWriter(job.journal_path, secrets_of(settings), wake_fd=wake_fd)
     temp_listeners.append(lambda path: journal.write({"kind": "temp", "path": str(path)}))
 
     async def main() -> Outcome:
@@ -377,7 +411,7 @@ def finish(job: Job, journal: JournalWriter, outcome: Outcome, summary: str) -> 
         payload = pickle.dumps(("error", OperationFailed(summary)))
     if any(secret.encode() in payload for secret in journal.secrets):  # never on disk
         payload = pickle.dumps(("error", OperationFailed(redact(summary, journal.secrets))))
-    atomic_write_bytes(job.outcome_path, payload)
+    atomic_write_bytes(job.outcome_path, payload, durable=False)
     state = job.state()
     state.status, state.exit_code = outcome.status, outcome.exit_code
     state.summary, state.finished_at = summary, iso(utcnow())
@@ -441,7 +475,7 @@ def follow(job: Job, emit: Emit) -> Outcome:
         outcome = follower.poll()
         if outcome is not None:
             return outcome
-        time.sleep(POLL_SECONDS)
+        job.wait_for_news(POLL_SECONDS)
 
 
 async def follow_async(job: Job, emit: Emit) -> Outcome:

@@ -37,8 +37,10 @@ def decode_event(record: dict[str, Any]) -> Event | None:
 class JournalWriter:
     """Appends records to a job's journal; string values have the secrets masked."""
 
-    def __init__(self, path: Path, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, path: Path, secrets: Iterable[str] = (),
+                 wake_fd: int | None = None) -> None:
         self.path = path
+        self.wake_fd = wake_fd  # a pipe to the viewer that started the job: poked per line
         self.secrets = [s for s in secrets if s]
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                            PRIVATE_FILE)
@@ -50,6 +52,8 @@ class JournalWriter:
                           ensure_ascii=False, default=str) + "\n"
         with self._lock, contextlib.suppress(OSError):
             os.write(self._fd, line.encode("utf-8"))
+            if self.wake_fd is not None:  # full (the viewer is slow) or gone: either is fine
+                os.write(self.wake_fd, b".")
 
     def event(self, event: Event) -> None:
         self.write(encode_event(event))

@@ -25,11 +25,16 @@ _SECRET_SETTING = re.compile(r"PASSWORD|SECRET|TOKEN|PASSPHRASE|WEBHOOK|_KEY$|PR
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret the settings hold: the target's password and any setting named like a
-    secret. The audit trail, the operation logs and the journals mask them all."""
+    """Every secret the settings hold: the target's password, the settings the registry marks
+    secret, and any other named like one. The audit trail, the operation logs and the journals
+    mask them all."""
+    from tui.core.settings import spec_for
+
     found = [settings.target.password.reveal()] if settings.target.password is not None else []
     for key, value in settings.values.items():
-        if value and len(value) >= 4 and _SECRET_SETTING.search(key):
+        spec = spec_for(key)
+        if value and len(value) >= 4 and ((spec is not None and spec.secret)
+                                          or _SECRET_SETTING.search(key)):
             found.append(value)
     return sorted(set(found), key=len, reverse=True)
 

@@ -116,6 +116,23 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "PGRUNBOOK_CONNECT_TIMEOUT", "10", "Seconds to wait when connecting to a database."
     ),
+    SettingSpec("RETENTION_DAILY_DAYS", "14", "Retention: keep the newest good backup of each "
+                "of the last N days (the SOP: 14)."),
+    SettingSpec("RETENTION_WEEKLY_WEEKS", "12", "Retention: keep the newest good backup of each "
+                "of the last N ISO weeks (the SOP: 12)."),
+    SettingSpec("RETENTION_MONTHLY_MONTHS", "12", "Retention: keep the newest good backup of "
+                "each of the last N months (the SOP: 12)."),
+    SettingSpec("RETENTION_PRE_MIGRATION_DAYS", "30", "Retention: pre-migration backups stay "
+                "this many days locally (in S3 they follow the daily/weekly/monthly slots)."),
+    SettingSpec("RETENTION_EMERGENCY_DAYS", "30", "Retention: emergency (safety) backups stay "
+                "this many days."),
+    SettingSpec("RETENTION_MIN_KEEP", "3", "Retention: at least this many complete, "
+                "checksum-valid backups are always kept, whatever their age."),
+    SettingSpec("RETENTION_LOCAL_DAYS", "30", "Retention: local copies older than this are "
+                "removed once their S3 copy is complete (S3 keeps the long horizon); 0: local "
+                "copies follow the same slots as S3."),
+    SettingSpec("RETENTION_GRACE_HOURS", "24", "Retention: nothing younger than this is "
+                "deleted: backups, partial files, abandoned multipart uploads."),
     SettingSpec("RUNBOOK_DIR", None, "Directory with your own runbooks (*.toml), besides runbooks/."),
     SettingSpec("RUNBOOK_COMMAND_<NAME>", None,
                 "Command a runbook step runs by name (argv, split like a shell, never a shell)."),
@@ -157,6 +174,11 @@ class Settings:
 
     def with_target(self, target: Target) -> Settings:
         return replace(self, target=target)
+
+
+def spec_for(name: str) -> SettingSpec | None:
+    """The registry's entry for a variable, or None."""
+    return _spec_for(name)
 
 
 def _spec_for(name: str) -> SettingSpec | None:

@@ -228,8 +228,10 @@ class BrowserScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="fetch")
     def action_fetch(self) -> None:
+        from tui.core import jobs
         from tui.core.errors import PgRunbookError
-        from tui.core.restore import resolve_backup
+        from tui.core.events import ignore
+        from tui.core.job_ops import DownloadRequest
 
         e = self.selected()
         app: PgRunbookApp = self.app  # type: ignore[assignment]
@@ -239,8 +241,10 @@ class BrowserScreen(Screen[None]):
             app.call_from_thread(self.notify, f"{e.name} is already here: {e.path}")
             return
         app.call_from_thread(self.notify, f"Downloading {e.name} from S3…", timeout=3)
-        try:
-            got = resolve_backup(app.settings, e.name)
+        try:  # a job: the download goes on if this terminal drops
+            job = jobs.start(app.settings, "download", DownloadRequest(e.name), origin="tui",
+                             arguments={"backup": e.name})
+            got = jobs.follow(job, ignore).unwrap()
         except PgRunbookError as exc:
             app.call_from_thread(self.notify, f"{exc.message} {exc.hint or ''}".strip(),
                                  severity="error", timeout=10)
