@@ -20,7 +20,7 @@ class Rule:
 
     method: str
     path_contains: str
-    action: str  # "500", "503", "drop-mid-body", "stall"
+    action: str  # "500", "503", "403" (AccessDenied), "drop-mid-body", "stall"
     times: int | None = 1
     query_contains: str = ""
     hits: int = 0
@@ -48,10 +48,10 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 proxy.seen.append(f"{self.command} {self.path}")
                 rule = proxy._match(self.command, self.path)
-                if rule is not None and rule.action in ("500", "503"):
-                    payload = (b"<Error><Code>InternalError</Code><Message>injected</Message>"
-                               b"</Error>") if rule.action == "500" else (
-                        b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>")
+                if rule is not None and rule.action in ("500", "503", "403"):
+                    code = {"500": b"InternalError", "503": b"SlowDown",
+                            "403": b"AccessDenied"}[rule.action]
+                    payload = b"<Error><Code>" + code + b"</Code><Message>injected</Message></Error>"
                     self.send_response(int(rule.action))
                     self.send_header("Content-Length", str(len(payload)))
                     self.send_header("Content-Type", "application/xml")

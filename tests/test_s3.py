@@ -79,7 +79,8 @@ def test_backups_land_in_the_sops_layout(workspace: Workspace, moto_port: int,
     assert hashlib.sha256(body).hexdigest() == out["sha256"] == local_meta["archive"]["sha256"]
     tags = {t["Key"]: t["Value"] for t in c.get_object_tagging(
         Bucket=bucket, Key=f"backups/{stamp}/database.backup")["TagSet"]}
-    assert tags == {"kind": "manual", "sha256": out["sha256"]}
+    # The first backup in the bucket holds its month (tui.core.lifecycle).
+    assert tags == {"kind": "manual", "sha256": out["sha256"], "pgrunbook-retention": "monthly"}
     # S3 checked what arrived against the checksum sent with it.
     head = c.head_object(Bucket=bucket, Key=f"backups/{stamp}/database.backup",
                          ChecksumMode="ENABLED")

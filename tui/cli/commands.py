@@ -22,10 +22,14 @@ from tui.cli.render import (
     _print_drill,
     _print_jobs,
     _print_list,
+    _print_pin,
+    _print_prune_plan,
+    _print_prune_result,
     _print_restore,
     _print_verify,
     backup_json,
     drill_json,
+    prune_json,
     restore_json,
 )
 from tui.core.errors import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK
@@ -45,15 +49,28 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
          f"to {settings.backup_dir}")
     outcome = run_job(settings, "backup", request, Renderer(verbose=args.verbose),
                       arguments={"name": args.name, "kind": args.kind}, reason=args.reason)
-    return show_backup(outcome, args.json)
+    if not getattr(args, "pin", False):
+        return show_backup(outcome, args.json)
+    from tui.core.prune import PinRequest
+
+    name = outcome.unwrap().name  # a failed backup raises here: nothing to pin
+    pinned = run_job(settings, "pin", PinRequest(name, True, args.reason),
+                     Renderer(verbose=args.verbose), arguments={"backup": name},
+                     reason=args.reason).unwrap()
+    return show_backup(outcome, args.json, pinned=pinned)
 
 
-def show_backup(outcome: Any, as_json: bool) -> int:
+def show_backup(outcome: Any, as_json: bool, pinned: Any = None) -> int:
     result = outcome.unwrap()
     if as_json:
-        _out(json.dumps(backup_json(result, result.meta.get("kind")), indent=2))
+        out = backup_json(result, result.meta.get("kind"))
+        if pinned is not None:
+            out["pinned"] = pinned.pinned
+        _out(json.dumps(out, indent=2))
         return EXIT_FAILED if result.upload_error else EXIT_OK
     _print_backup(result)
+    if pinned is not None:
+        _print_pin(pinned)
     return EXIT_FAILED if result.upload_error else EXIT_OK
 
 
@@ -209,8 +226,81 @@ def show_download(outcome: Any, as_json: bool) -> int:
     return EXIT_OK
 
 
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    """The plan; on a terminal, a y/N question; `--yes` deletes without one (cron), and
+    `--dry-run` only shows. The job deletes only what was shown and approved."""
+    from tui.core.errors import ConfigError, OperationFailed
+    from tui.core.prune import PruneRequest, current_plan
+
+    if not (args.yes or args.dry_run or sys.stdin.isatty()):
+        raise ConfigError("prune deletes backups: confirm it on a terminal, or pass --yes "
+                          "(cron) or --dry-run (only show the plan).")
+    if args.json and not (args.yes or args.dry_run):
+        raise ConfigError("prune --json does not ask (the question would hide the plan): pass "
+                          "--dry-run to print the plan, or --yes to delete and print both.")
+    plan, warning = current_plan(settings, verify=args.verify)
+    if warning:
+        _err(f"warning: {warning}")
+    if not args.json:
+        _print_prune_plan(plan, settings.backup_dir)
+    deletions = plan.deletions
+    if args.dry_run or not deletions:
+        if args.json:
+            _out(json.dumps(prune_json(plan, None), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not args.yes:
+        # The question goes to stderr: with --json, stdout holds only the JSON.
+        print(f"Delete these {len(deletions)} copies? [y/N] ",  # noqa: T201
+              end="", file=sys.stderr, flush=True)
+        try:
+            answer = input()
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            raise OperationFailed("not confirmed; nothing was deleted.")
+    request = PruneRequest(tuple((d.name, d.location) for d in deletions), verify=args.verify)
+    outcome = run_job(settings, "prune", request, Renderer(verbose=args.verbose),
+                      arguments={"approved": len(deletions), "verify": args.verify},
+                      target={"name": "-", "backup_dir": str(settings.backup_dir)})
+    if args.json:
+        _out(json.dumps(prune_json(plan, outcome.unwrap()), indent=2, ensure_ascii=False))
+        return int(outcome.exit_code)
+    return show_prune(outcome, False)
+
+
+def show_prune(outcome: Any, as_json: bool) -> int:
+    result = outcome.unwrap()
+    if as_json:
+        _out(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    else:
+        _print_prune_result(result)
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def cmd_pin(args: argparse.Namespace, settings: Settings) -> int:
+    from tui.core.prune import PinRequest
+
+    pinned = args.command == "pin"
+    request = PinRequest(args.backup, pinned, getattr(args, "reason", None))
+    outcome = run_job(settings, args.command, request, Renderer(verbose=args.verbose),
+                      arguments={"backup": args.backup}, reason=request.reason,
+                      target={"name": "-", "backup_dir": str(settings.backup_dir)})
+    return show_pin(outcome, args.json)
+
+
+def show_pin(outcome: Any, as_json: bool) -> int:
+    result = outcome.unwrap()
+    if as_json:
+        _out(json.dumps({"name": result.name, "pinned": result.pinned,
+                         "changed": result.changed, "locations": list(result.locations)}))
+    else:
+        _print_pin(result)
+    return EXIT_OK
+
+
 SHOW = {"backup": show_backup, "restore": show_restore, "verify": show_verify,
-        "drill": show_drill, "upload": show_upload, "download": show_download}
+        "drill": show_drill, "upload": show_upload, "download": show_download,
+        "prune": show_prune, "pin": show_pin, "unpin": show_pin}
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:

@@ -18,11 +18,14 @@ from tui.cli.commands import (
     cmd_drill,
     cmd_jobs,
     cmd_list,
+    cmd_pin,
+    cmd_prune,
     cmd_restore,
     cmd_tui,
     cmd_upload,
     cmd_verify,
 )
+from tui.cli.lifecycle_cmd import cmd_lifecycle
 
 EXIT_CODES_HELP = """exit codes:
   0    success
@@ -65,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail instead of waiting longer than TIME for a table lock (e.g. 5min)")
     p.add_argument("--no-upload", action="store_true",
                    help="do not copy this backup to S3 (upload it later with `upload`)")
+    p.add_argument("--pin", action="store_true",
+                   help="keep this backup forever: prune never deletes it (see `pin`)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_backup)
 
@@ -76,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("backup", metavar="BACKUP",
                    help="a name, YYYYMMDD_HHMMSS, or <prefix>YYYYMMDD_HHMMSS/database.backup")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("lifecycle", help="the retention policy as the S3 bucket's lifecycle rules",
+                       description="Print the S3 lifecycle configuration the retention policy "
+                                   "asks for (the SOP's s3-lifecycle-policy.json, on stdout) and "
+                                   "how it differs from the bucket's. --apply writes it, keeping "
+                                   "the rules pgrunbook did not write, and tags the backups "
+                                   "uploaded without their retention class (audited).")
+    p.add_argument("--apply", action="store_true",
+                   help="write the rules to the bucket and tag untagged backups")
+    p.add_argument("--json", action="store_true",
+                   help="print the configuration and the differences as JSON")
+    p.set_defaults(func=cmd_lifecycle)
 
     p = sub.add_parser("restore", help="restore a backup into the target (safety backup first)",
                        description="Restore a backup: checksum, confirmation, safety backup, "
@@ -124,6 +141,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.add_argument("--verify", action="store_true", help="also check every archive's SHA-256")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("prune", help="delete the backups the retention policy no longer keeps",
+                       description="Plan which backups (local and S3) the retention policy "
+                                   "(RETENTION_* settings) keeps and why, show it, and delete "
+                                   "the rest once confirmed. Every deletion is audited.")
+    p.add_argument("--dry-run", action="store_true", help="only show the plan; delete nothing")
+    p.add_argument("--yes", action="store_true",
+                   help="delete without asking (cron); without a terminal it is required")
+    p.add_argument("--json", action="store_true",
+                   help="print the plan (and, with --yes, what was deleted) as JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="hash every local archive first: a damaged one never fills a slot")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("pin", help="keep a backup forever (prune never deletes it)")
+    p.add_argument("backup", metavar="BACKUP", help="a backup name as `list` shows it")
+    p.add_argument("--reason", help="why: recorded in its metadata and the audit trail")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_pin)
+
+    p = sub.add_parser("unpin", help="let the retention policy decide about a pinned backup again")
+    p.add_argument("backup", metavar="BACKUP", help="a backup name as `list` shows it")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_pin)
 
     p = sub.add_parser("audit", help="show the audit trail")
     p.add_argument("--json", action="store_true", help="print the raw JSON lines")

@@ -316,6 +316,65 @@ def _print_drill(result: Any) -> None:
     _out(f"Report: {result.report_path}")
 
 
+def prune_json(plan: Any, result: Any | None) -> dict[str, Any]:
+    """`pgrunbook prune --json`: the plan, and with --yes what the job did (else null)."""
+    return {**plan.as_json(), "outcome": result.as_json() if result is not None else None}
+
+
+def _print_prune_plan(plan: Any, backup_dir: Path) -> None:
+    """The retention plan: every copy with keep or DELETE and its reason, then the totals."""
+    p = plan.policy
+    local = (f"local copies kept {p.local_days} days once in S3" if plan.s3_configured
+             and p.local_days else "local copies follow the slots")
+    anchor = plan.anchor.strftime("%Y-%m-%d %H:%M UTC") if plan.anchor else "none"
+    _out(f"Retention plan for {backup_dir}{' and S3' if plan.s3_configured else ''}: daily "
+         f"{p.daily_days} days, weekly {p.weekly_weeks} weeks, monthly {p.monthly_months} "
+         f"months, at least {p.min_keep} kept, grace {p.grace_hours} h; {local}.")
+    _out(f"Windows end at the newest good backup: {anchor}.")
+    if not plan.decisions:
+        _out(f"No backups in {backup_dir}.")
+        return
+    rows = []
+    for d in plan.decisions:
+        created = d.created_at.strftime("%Y-%m-%d %H:%M") if d.created_at else "-"
+        until = f" (until {d.until:%Y-%m-%d})" if d.keep and d.until else ""
+        rows.append(["keep" if d.keep else "DELETE", d.name, d.location, created,
+                     _size(d.size_bytes), d.reason + until])
+    _out(_table(rows, ["ACTION", "NAME", "WHERE", "CREATED", "SIZE", "REASON"]))
+    gone = plan.deletions
+    if not gone:
+        _out(f"Nothing to delete: all {len(plan.decisions)} kept.")
+        return
+    n_local = sum(1 for d in gone if d.location == "local")
+    _out(f"Delete {len(gone)} of {len(plan.decisions)}: {n_local} local (frees "
+         f"{_size(plan.freed_bytes('local'))}), {len(gone) - n_local} in S3 (frees "
+         f"{_size(plan.freed_bytes('s3'))}); keep {len(plan.kept)}.")
+
+
+def _print_prune_result(result: Any) -> None:
+    for s in result.skipped:
+        _out(f"  left {s['name']} ({s['location']}): {s['why']}")
+    for f in result.failed:
+        _err(f"error: could not delete {f['name']} ({f['location']}): {f['error']}")
+    n_local = sum(1 for d in result.deleted if d["location"] == "local")
+    _out(f"Deleted {len(result.deleted)}: {n_local} local ({_size(result.freed_bytes('local'))}"
+         f" freed), {len(result.deleted) - n_local} in S3 ({_size(result.freed_bytes('s3'))}"
+         f" freed). Audit record {result.audit_id} (pgrunbook audit --operation prune).")
+
+
+def _print_pin(result: Any) -> None:
+    where = " and ".join("S3 metadata.json" if loc == "s3" else "local metadata"
+                         for loc in result.locations)
+    if result.pinned is not None:
+        already = "" if result.changed else " (it was pinned already; the record is renewed)"
+        _out(f"Pinned {result.name} in its {where}: prune keeps it forever{already}. "
+             f"Unpin with: pgrunbook unpin {result.name}")
+    elif result.changed:
+        _out(f"Unpinned {result.name} in its {where}: the retention policy decides again.")
+    else:
+        _out(f"{result.name} was not pinned; nothing changed.")
+
+
 def _print_list(entries: Sequence[Any], backup_dir: Path, verified: bool) -> None:
     """The inventory as a table, newest first, with a count of the backups that have problems."""
     if not entries:
@@ -361,22 +420,31 @@ def _print_audit(entries: Sequence[dict[str, Any]], backup_dir: Path) -> None:
             _out(f"{head} by {who} on {tgt} via {e.get('origin', '?')}{reason}")
         else:
             extra = f" {e['backup']}" if e.get("backup") else ""
+            if isinstance(e.get("deleted"), list):  # a prune
+                extra += f" {len(e['deleted'])} deleted"
             err = f"  error: {e['error']}" if e.get("error") else ""
             _out(f"{head} {e.get('result', '?')}{extra} after "
                  f"{e.get('duration_seconds', 0):.1f}s{err}")
 
 
 def _print_jobs(rows: Sequence[dict[str, Any]]) -> None:
-    """`pgrunbook jobs`: newest first, with who ran them from where."""
+    """`pgrunbook jobs`: newest first, who ran them from where; under each, its progress (a
+    running job) or its outcome, so that a line fits 80 columns."""
     table = []
+    details = []
     for r in rows:
         op = r.get("operator") or {}
         who = op.get("user", "?") + (f"@{op['ssh_client']}" if op.get("ssh_client") else "")
-        status = r["status"]
-        detail = r.get("progress") or r.get("summary") or ""
+        status = str(r["status"])
         table.append([r["id"], r["operation"], status.upper() if status == "abandoned" else status,
                       (r.get("target") or {}).get("name", "-"), who,
-                      str(r.get("started_at", "?"))[:19].replace("T", " "),
-                      detail[:60] + ("..." if len(detail) > 60 else "")])
-    _out(_table(table, ["JOB", "OPERATION", "STATUS", "TARGET", "WHO", "STARTED (UTC)", "DETAIL"]))
+                      str(r.get("started_at", "?"))[5:19].replace("T", " ")])
+        details.append(str(r.get("progress") or r.get("summary") or ""))
+    lines = _table(table, ["JOB", "OPERATION", "STATUS", "TARGET", "WHO", "STARTED UTC"]
+                   ).splitlines()
+    _out(lines[0])
+    for line, detail in zip(lines[1:], details, strict=True):
+        _out(line)
+        if detail:
+            _out(f"  {detail}")
     _out("Follow one with: pgrunbook attach JOB (the newest running one without JOB)")

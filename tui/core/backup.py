@@ -441,10 +441,13 @@ def _check_space(settings: Settings, previous: BackupEntry | None, db_size: int 
     if need > free:
         from humanize import naturalsize
 
+        from tui.core.prune import space_hint
+
         raise OperationFailed(
             f"not enough free space in {settings.backup_dir}: about {naturalsize(need)} needed "
-            f"({basis} plus 10%), {naturalsize(free)} free.",
-            "Free space (remove old backups) or set BACKUP_DIR to a larger disk.",
+            f"({basis} plus 10%), {naturalsize(free)} free{space_hint(settings)}.",
+            "Free space (pgrunbook prune, or remove old backups) or set BACKUP_DIR to a larger "
+            "disk.",
         )
     return expected if previous is not None else None
 

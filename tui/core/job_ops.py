@@ -175,6 +175,56 @@ def _ok(_result: Any) -> tuple[str, int]:
     return "ok", EXIT_OK
 
 
+# -- retention: prune, pin, unpin --------------------------------------------------------------
+
+
+async def _prune(settings: Settings, request: Any, emit: Emit) -> Any:
+    from tui.core.prune import run_prune
+
+    return await run_prune(settings, request, emit)
+
+
+def _prune_verdict(result: Any) -> tuple[str, int]:
+    return ("failed", EXIT_FAILED) if result.failed else ("ok", EXIT_OK)
+
+
+def _prune_text(result: Any) -> str:
+    from tui.core.fmt import size
+
+    local = sum(1 for d in result.deleted if d["location"] == "local")
+    text = (f"prune: deleted {len(result.deleted)} copies ({local} local, "
+            f"{len(result.deleted) - local} in S3), freed {size(result.freed_bytes('local'))} "
+            f"locally and {size(result.freed_bytes('s3'))} in S3")
+    if result.skipped:
+        text += f"; {len(result.skipped)} left (the plan changed)"
+    return text + (f"; {len(result.failed)} failed" if result.failed else "")
+
+
+def _prune_interrupted() -> BaseException:
+    return Interrupted("interrupted: prune stopped after the copy it was deleting; what it "
+                       "deleted is in the audit trail (pgrunbook audit --operation prune).")
+
+
+async def _pin(settings: Settings, request: Any, emit: Emit) -> Any:
+    from tui.core.prune import run_pin
+
+    return await asyncio.to_thread(run_pin, settings, request, emit)
+
+
+def _pin_check(settings: Settings, request: Any) -> None:
+    from tui.core.prune import check_pin
+
+    check_pin(settings, request)
+
+
+def _pin_text(result: Any) -> str:
+    where = " and ".join(result.locations)
+    if result.pinned is None:
+        return f"unpinned {result.name} ({where})" if result.changed else \
+            f"{result.name} was not pinned"
+    return f"pinned {result.name} ({where}): kept forever"
+
+
 OPERATIONS: dict[str, JobOperation] = {
     "backup": JobOperation(_backup, _backup_verdict, _backup_text, _backup_interrupted,
                            _backup_check),
@@ -184,4 +234,7 @@ OPERATIONS: dict[str, JobOperation] = {
     "upload": JobOperation(_upload, _ok, lambda r: f"uploaded: {r}", _interrupted),
     "download": JobOperation(_download, _ok, lambda e: f"downloaded and verified {e.name}",
                              _interrupted),
+    "prune": JobOperation(_prune, _prune_verdict, _prune_text, _prune_interrupted),
+    "pin": JobOperation(_pin, _ok, _pin_text, _interrupted, _pin_check),
+    "unpin": JobOperation(_pin, _ok, _pin_text, _interrupted, _pin_check),
 }

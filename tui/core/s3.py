@@ -165,13 +165,22 @@ class StreamUpload:
     `start()` opens the file and begins; parts go up as soon as they are on disk. `finish()`
     (after the writer is done) uploads the rest, completes the upload, tags the object and puts
     metadata.json last. `abort()` aborts the multipart upload. Progress goes to `on_progress`.
+
+    Every object gets the tag `pgrunbook-retention=<class>` (tui.core.lifecycle), the class
+    decided from the earlier backups of its month and week, listed in a thread of their own
+    from `start()` on. `meta`, when the metadata is known before the upload (`upload`), tags
+    the archive from its creation; otherwise the archive gets it with its other tags.
     """
 
     def __init__(self, config: S3Config, stamp: str, path: Path,
                  on_progress: Callable[[int], None] | None = None,
-                 client: Future[Any] | None = None) -> None:
+                 client: Future[Any] | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
         self.config = config
         self._client_future = client
+        self.stamp = stamp
+        self._known_meta = meta
+        self._existing: Future[Any] | None = None
         self.key = config.key_for(stamp, ARCHIVE_KEY)
         self.meta_key = config.key_for(stamp, META_KEY)
         self.roles_key = config.key_for(stamp, ROLES_KEY)
@@ -190,8 +199,25 @@ class StreamUpload:
 
     def start(self) -> None:
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        if self._client_future is None:
+            self._client_future = self.config.client_soon()
+        self._existing = Future()
+        threading.Thread(target=self._look_around, name="s3-neighbours", daemon=True).start()
         self._thread = threading.Thread(target=self._run, name="s3-upload", daemon=True)
         self._thread.start()
+
+    def _look_around(self) -> None:
+        """The earlier backups of this one's month and ISO week, which decide its retention
+        class: one listing beside the upload, needed only when it finishes (tui.core.lifecycle
+        is imported here too, off the backup's main thread)."""
+        assert self._existing is not None and self._client_future is not None
+        try:
+            from tui.core.lifecycle import existing_near
+
+            self._existing.set_result(existing_near(self._client_future.result(), self.config,
+                                                    self.stamp))
+        except BaseException as exc:  # noqa: BLE001 - the class falls back (class_at_upload)
+            self._existing.set_exception(exc)
 
     def _wait_for(self, end: int) -> bool:
         """Block until the file holds `end` bytes or the writer is done; False if aborted."""
@@ -247,10 +273,23 @@ class StreamUpload:
         except BaseException as exc:  # reported by finish()
             self._error = exc
 
+    def _retention(self, meta: dict[str, Any]) -> str:
+        from tui.core.lifecycle import class_at_upload
+
+        return class_at_upload({"name": self.stamp, **meta}, self._existing)
+
+    def _early_tagging(self) -> dict[str, str]:
+        """The archive's Tagging argument, when its metadata is known before the upload."""
+        if self._known_meta is None:
+            return {}
+        from tui.core.lifecycle import tagging
+
+        return {"Tagging": tagging(self._retention(self._known_meta))}
+
     def _create(self) -> None:
         resp = self._client.create_multipart_upload(
             Bucket=self.config.bucket, Key=self.key, ChecksumAlgorithm=PART_CHECKSUM,
-            **self.config.extra_put_args())
+            **self.config.extra_put_args(), **self._early_tagging())
         self._upload_id = resp["UploadId"]
 
     def _read(self, offset: int, length: int) -> bytes:
@@ -269,7 +308,7 @@ class StreamUpload:
     def _single_put(self, length: int) -> None:
         self._client.put_object(Bucket=self.config.bucket, Key=self.key,
                                 Body=self._read(0, length), ChecksumAlgorithm=PART_CHECKSUM,
-                                **self.config.extra_put_args())
+                                **self.config.extra_put_args(), **self._early_tagging())
         self._stored = True
         self.uploaded = length
         self.on_progress(length)
@@ -283,25 +322,31 @@ class StreamUpload:
     def finish(self, final_size: int, sha256: str, kind: str, meta: dict[str, Any],
                roles_sql: bytes | None = None) -> str:
         """The writer is done: upload the rest, tag, put roles.sql (when there is one) and
-        metadata.json last. Returns the key."""
+        metadata.json last, all three tagged with the backup's retention class. Returns the
+        key."""
+        from tui.core.lifecycle import TAG_KEY, tagging
+
         self.writer_done(final_size)
         assert self._thread is not None
         self._thread.join()
         try:
             if self._error is not None:
                 raise self._error
+            retention = self._retention({"kind": kind, **meta})
             self._client.put_object_tagging(
                 Bucket=self.config.bucket, Key=self.key,
                 Tagging={"TagSet": [{"Key": "kind", "Value": kind},
-                                    {"Key": "sha256", "Value": sha256}]})
+                                    {"Key": "sha256", "Value": sha256},
+                                    {"Key": TAG_KEY, "Value": retention}]})
             if roles_sql is not None:
                 self._client.put_object(Bucket=self.config.bucket,
                                         Key=self.roles_key,
                                         Body=roles_sql, ContentType="application/sql",
+                                        Tagging=tagging(retention),
                                         **self.config.extra_put_args())
             body = json.dumps(meta, indent=2, ensure_ascii=False).encode()
             self._client.put_object(Bucket=self.config.bucket, Key=self.meta_key, Body=body,
-                                    ContentType="application/json",
+                                    ContentType="application/json", Tagging=tagging(retention),
                                     **self.config.extra_put_args())
         except BaseException as exc:
             self._abort_multipart()
@@ -341,7 +386,7 @@ def upload_existing(config: S3Config, archive: Path, meta: dict[str, Any],
     from tui.core.roles import roles_path_for
 
     roles = roles_path_for(archive)
-    up = StreamUpload(config, stamp, archive, on_progress)
+    up = StreamUpload(config, stamp, archive, on_progress, meta=meta)
     up.start()
     return up.finish(archive.stat().st_size, str(meta["archive"]["sha256"]), str(meta["kind"]),
                      meta, roles.read_bytes() if roles.exists() else None)
