@@ -4,6 +4,7 @@ that runs the real `pgrunbook` CLI in a subprocess."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -243,3 +245,28 @@ def supabase_workspace(tmp_path: Path, supabase_server: SupabaseServer,
     ws = Workspace(tmp_path, supabase_server, supabase_project_db)
     ws.write_env()
     return ws
+
+
+@dataclass
+class Golden:
+    """One real backup (archive, metadata, roles file) to copy under dated names."""
+
+    archive: Path
+    meta: dict[str, Any]
+    roles: Path
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory: pytest.TempPathFactory, server: Server,
+           pagila_template: str) -> Iterator[Golden]:
+    """One real backup of the pagila fixture, taken once per test module: dated copies of it
+    make a history of real, checksum-valid backups (tests/test_retention.py `dated_copy`)."""
+    from tui.core.metadata import read_meta
+
+    db = server.create_db(template=pagila_template)
+    ws = Workspace(tmp_path_factory.mktemp("golden"), server, db)
+    ws.write_env()
+    out = json.loads(ws.run("backup", "--json", check=True).stdout)
+    archive = Path(out["path"])
+    yield Golden(archive, read_meta(Path(out["meta_path"])), Path(f"{archive}.roles.sql"))
+    server.drop_db(db)

@@ -24,15 +24,13 @@ import pty
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Server, Workspace, clean_env
+from tests.conftest import Golden, Workspace, clean_env
 from tests.test_s3 import CREDS, bucket, client, keys, moto_port, s3_env  # noqa: F401
 from tui.core.fsutil import ensure_private_dir
 from tui.core.inventory import BackupEntry
@@ -319,26 +317,6 @@ def test_deletion_steps_remove_the_metadata_first(tmp_path: Path) -> None:
 
 
 # -- the real CLI over dated copies of one real backup -----------------------------------------
-
-
-@dataclass
-class Golden:
-    archive: Path
-    meta: dict[str, Any]
-    roles: Path
-
-
-@pytest.fixture(scope="module")
-def golden(tmp_path_factory: pytest.TempPathFactory, server: Server,
-           pagila_template: str) -> Iterator[Golden]:
-    """One real backup of the pagila fixture, taken once for the module."""
-    db = server.create_db(template=pagila_template)
-    ws = Workspace(tmp_path_factory.mktemp("golden"), server, db)
-    ws.write_env()
-    out = json.loads(ws.run("backup", "--json", check=True).stdout)
-    archive = Path(out["path"])
-    yield Golden(archive, read_meta(Path(out["meta_path"])), Path(f"{archive}.roles.sql"))
-    server.drop_db(db)
 
 
 def dated_copy(ws: Workspace, golden: Golden, when: datetime, label: str = "manual",

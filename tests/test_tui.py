@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from textual.widgets import DataTable, Input, Static
-from textual.worker import WorkerFailed
+import pytest
+from textual.widgets import DataTable, Input, Label, Static
+from textual.worker import WorkerCancelled, WorkerFailed
 
-from tests.conftest import Server, Workspace, clean_env
+from tests.conftest import Golden, Server, Workspace, clean_env
+from tests.test_retention import (
+    GONE,
+    KEPT,
+    audit,
+    expected_kept,
+    names_on_disk,
+    ninety,
+)
+from tests.test_retention import NOW as RETENTION_NOW
 from tui.app import make_app
+from tui.core.fmt import size as human_size
 from tui.core.settings import load_settings
 from tui.screens.browser import BrowserScreen
 from tui.screens.modals import AskText, YesNo
@@ -189,10 +201,12 @@ title = "Verify counts"
 
 
 async def wait_for_step(pilot, runner: RunnerScreen, index: int, status: str) -> None:  # type: ignore[no-untyped-def]
-    # A step that fails ends its worker in ERROR, which wait_for_complete raises once it has
-    # waited: the step's state says how it ended.
-    with contextlib.suppress(WorkerFailed):
-        await pilot.app.workers.wait_for_complete()
+    # Each worker awaited on its own: one that failed (a failing step's) must not end the wait
+    # for the others; the step's state says how it ended.
+    while running := [w for w in pilot.app.workers if w.is_running]:
+        for worker in running:
+            with contextlib.suppress(WorkerFailed, WorkerCancelled):
+                await worker.wait()
     await pilot.pause()
     assert runner.run_state.states[index].status == status, runner.run_state.states[index]
 
@@ -328,3 +342,206 @@ async def test_home_shows_a_running_job_and_follows_it_to_its_verdict(
         holder.close()
         starter.wait(timeout=120)
     assert starter.returncode == 0
+
+
+# -- retention: the browser's retention line, prune from the browser, the home screen's health --
+
+def notices(app) -> list[str]:  # type: ignore[no-untyped-def]
+    return [str(n.message) for n in app._notifications]
+
+
+async def browse_to(pilot, name: str) -> str:  # type: ignore[no-untyped-def]
+    """Filter the browser down to `name` (typed, as the operator would); its detail pane."""
+    screen = pilot.app.screen
+    screen.query_one("#filter", Input).value = ""
+    await pilot.press("slash", *name, "enter")
+    await pilot.pause()
+    table = screen.query_one("#backups", BackupList)
+    assert table.row_count == 1 and table.selected_key == name
+    return str(screen.query_one("#detail", Static).render())
+
+
+async def test_the_browser_shows_each_backups_retention_in_its_detail_pane(
+        workspace: Workspace, golden: Golden) -> None:
+    ninety(workspace, golden)
+    app = make_app(settings_for(workspace), now=lambda: RETENTION_NOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("b")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, BrowserScreen)
+        # The first backup of ISO week 7 holds its weekly slot, 12 weeks from its Monday.
+        weekly = await browse_to(pilot, "20250210_100000_manual")
+        assert "Retention: kept until 2025-05-05 (weekly slot 2025-W07)" in weekly, weekly
+        newest = await browse_to(pilot, "20250331_100000_manual")
+        assert "Retention: kept until 2025-06-23 (weekly slot 2025-W14)" in newest, newest
+        expired = await browse_to(pilot, "20250316_100000_manual")
+        assert ("Retention: would be deleted by prune: expired: daily slot 2025-03-16 ended "
+                "2025-03-30") in expired, expired
+        # The table is as it was: no retention column.
+        assert [c.label for c in app.screen.query_one("#backups", BackupList).columns] == [
+            "name", "age", "size", "kind", "where", "drill", "created", "problems"]
+
+
+async def test_prune_from_the_browser_lists_asks_for_the_word_and_deletes(
+        workspace: Workspace, golden: Golden) -> None:
+    from tui.screens.modals import PrunePreview
+
+    names = ninety(workspace, golden)
+    gone = sorted(set(names) - set(expected_kept()))
+    app = make_app(settings_for(workspace), now=lambda: RETENTION_NOW)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("b")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        # Esc cancels: nothing deleted.
+        await pilot.press("p")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, PrunePreview)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, BrowserScreen)
+        assert names_on_disk(workspace) == sorted(names)
+        # The preview lists each deletion with where, age, size and why, and the totals.
+        await pilot.press("p")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        preview = app.screen
+        assert isinstance(preview, PrunePreview)
+        listing = preview.query_one("#prune-list", BackupList)
+        assert sorted(r.key for r in listing.rows) == [f"local:{n}" for n in gone]
+        cells = {c[0]: c for c in (listing.cells_of(r) for r in listing.rows)}
+        size = golden.archive.stat().st_size
+        assert cells["20250316_100000_manual"] == (
+            "20250316_100000_manual", "local", "16d", human_size(size),
+            "expired: daily slot 2025-03-16 ended 2025-03-30")
+        totals = str(preview.query_one("#dialog-prompt", Static).render())
+        assert f"Prune would delete {GONE} of 90 copies: {GONE} local (frees " \
+               f"{human_size(GONE * size)}), 0 in S3" in totals, totals
+        # It scrolls from the keyboard while the word is being typed; the whole reason shows.
+        assert preview.query_one("#dialog-input", Input).has_focus
+        await pilot.press("pagedown", "down")
+        assert listing.cursor > 1
+        why = str(preview.query_one("#prune-why", Static).render())
+        assert why.startswith(f"{listing.selected_key.split(':', 1)[1]} (local): expired: ")
+        # A wrong word is refused; nothing deleted.
+        await pilot.press(*"prun", "enter")
+        await pilot.pause()
+        assert app.screen is preview
+        assert "That is not 'prune'" in str(preview.query_one("#dialog-error", Label).render())
+        assert names_on_disk(workspace) == sorted(names)
+        # The word: the prune job deletes exactly the listed copies, and the list is read again.
+        await pilot.press("ctrl+u", *"prune", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, BrowserScreen)
+        await app.workers.wait_for_complete()  # the job followed to its end
+        await app.workers.wait_for_complete()  # the inventory read again
+        await pilot.pause()
+        assert names_on_disk(workspace) == expected_kept()
+        assert app.screen.query_one("#backups", BackupList).row_count == KEPT
+        assert any(f"prune: deleted {GONE} copies ({GONE} local, 0 in S3)" in n
+                   for n in notices(app)), notices(app)
+        # Nothing left to delete: a notice, no dialog.
+        await pilot.press("p")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, BrowserScreen)
+        assert any(n.startswith(f"Nothing to prune: the retention policy keeps all {KEPT}")
+                   for n in notices(app)), notices(app)
+    start, end = [e for e in audit(workspace) if e.get("operation") == "prune"]
+    assert start["origin"] == end["origin"] == "tui"
+    assert start["arguments"]["approved"] == GONE
+    assert end["event"] == "end" and end["result"] == "ok"
+    assert sorted(d["name"] for d in end["deleted"]) == gone and end["skipped"] == []
+
+
+async def test_home_says_prune_is_overdue_for_a_history_past_the_policy(
+        workspace: Workspace, golden: Golden, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tui.screens.home as home
+
+    ninety(workspace, golden)
+    size = golden.archive.stat().st_size
+    app = make_app(settings_for(workspace), now=lambda: RETENTION_NOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        health = str(app.screen.query_one("#health", Static).render())
+        assert f"Prune overdue: {GONE} backups ({human_size(GONE * size)}) past the " \
+               "retention policy (press b, then p)" in health, health
+        assert "Disk filling" not in health
+    # Less free in BACKUP_DIR than two of the newest backup: the disk is filling.
+    usage = shutil.disk_usage(workspace.backup_dir)
+    monkeypatch.setattr(home.shutil, "disk_usage", lambda _path: usage._replace(free=size))
+    app = make_app(settings_for(workspace), now=lambda: RETENTION_NOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        health = str(app.screen.query_one("#health", Static).render())
+        assert f"Disk filling: {human_size(size)} free in BACKUP_DIR, prune would free " \
+               f"{human_size(GONE * size)}" in health, health
+
+
+async def test_home_and_browser_with_one_fresh_backup_have_nothing_to_prune(
+        workspace: Workspace) -> None:
+    name = json.loads(workspace.run("backup", "--json", check=True).stdout)["name"]
+    app = make_app(settings_for(workspace))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        health = str(app.screen.query_one("#health", Static).render())
+        assert "Newest backup" in health and "Prune overdue" not in health, health
+        assert "Disk filling" not in health
+        await pilot.press("b")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        detail = str(app.screen.query_one("#detail", Static).render())
+        assert f"{name}" in detail and "Retention: kept until " in detail, detail
+        await pilot.press("p")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, BrowserScreen)
+        assert "Nothing to prune: the retention policy keeps all 1 copies." in notices(app)
+    assert [p.name for p in workspace.backup_dir.glob("*.backup")] == [f"{name}.backup"]
+
+
+def test_disk_filling_is_below_two_newest_backups_or_a_tenth_of_the_disk() -> None:
+    from tui.screens.home import disk_line
+
+    gb = 10**9
+    assert disk_line(free=50 * gb, total=100 * gb, newest_bytes=gb, freeable=0) == ""
+    # 15% free, but less than two backups of 10 GB.
+    assert disk_line(free=15 * gb, total=100 * gb, newest_bytes=10 * gb, freeable=3 * gb) == \
+        "[b red]Disk filling[/]: 15.0 GB free in BACKUP_DIR, prune would free 3.0 GB"
+    # Room for nine backups of 1 GB, but under a tenth of the disk.
+    assert disk_line(free=9 * gb, total=100 * gb, newest_bytes=gb, freeable=0) == \
+        "[b red]Disk filling[/]: 9.0 GB free in BACKUP_DIR, prune would free nothing"
+
+
+def test_the_retention_line_is_per_place_when_local_and_s3_are_planned_differently() -> None:
+    from tests.test_retention import NINETY, entry
+    from tui.core.retention import Policy, plan
+    from tui.screens.browser import retention_lines
+
+    history = [entry(t, location="both") for t in NINETY]
+    p = plan(history, Policy(), RETENTION_NOW, s3_configured=True)
+    weekly = next(e for e in history if e.name == "20250210_100000_manual")
+    # S3 keeps the long horizon; the local copy goes after RETENTION_LOCAL_DAYS (30).
+    assert retention_lines(p, None, weekly) == [
+        "[b]Retention (local)[/b]: would be deleted by prune: expired: local copy kept 30 "
+        "days (RETENTION_LOCAL_DAYS; S3 keeps the long horizon), until 2025-03-12; its S3 "
+        "copy is complete",
+        "[b]Retention (S3)[/b]: kept until 2025-05-05 (weekly slot 2025-W07)"]
+    assert retention_lines(p, None, history[-1]) == [
+        "[b]Retention (local)[/b]: kept until 2025-04-30 (local copy: kept 30 days "
+        "(RETENTION_LOCAL_DAYS; S3 keeps the long horizon))",
+        "[b]Retention (S3)[/b]: kept until 2025-06-23 (weekly slot 2025-W14)"]
+    # One place (or both planned alike): one line.
+    local = [entry(t) for t in NINETY]
+    newest = local[-1]
+    assert retention_lines(plan(local, Policy(), RETENTION_NOW, s3_configured=False), None,
+                           newest) == [
+        "[b]Retention[/b]: kept until 2025-06-23 (weekly slot 2025-W14)"]
+    assert retention_lines(None, "RETENTION_MIN_KEEP=0 would let prune delete every backup.",
+                           newest) == ["[b]Retention[/b]: unknown (RETENTION_MIN_KEEP=0 would "
+                                       "let prune delete every backup.)"]

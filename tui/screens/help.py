@@ -27,6 +27,7 @@ KEYS = (
     ("d", "browser", "restore drill of the selected backup"),
     ("v", "browser", "verify the selected archive's checksum"),
     ("f", "browser", "fetch an S3-only backup, checksum verified"),
+    ("p", "browser", "prune: what retention deletes; type prune to run"),
     ("x", "runner", "run the current step's action"),
     ("space", "runner", "tick the highlighted checklist item"),
     ("n", "runner", "next step (blocked until the step is done)"),
@@ -37,7 +38,8 @@ KEYS = (
 
 
 def keys_table() -> Table:
-    table = Table(box=None, pad_edge=False, show_edge=False, expand=False)
+    # No header row: the columns say what they are, and the screen fits 80x24 without it.
+    table = Table(box=None, pad_edge=False, show_edge=False, expand=False, show_header=False)
     table.add_column("key", style="bold")
     table.add_column("where", style="dim")
     table.add_column("what")

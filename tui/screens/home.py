@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, ListItem, ListView, Static
 
 from tui.core.fmt import age, short_age, size
 from tui.core.inventory import BackupEntry
+from tui.core.retention import LOCAL, Decision, Plan
+from tui.core.settings import Settings
 
 if TYPE_CHECKING:
     from tui.app import PgRunbookApp
@@ -42,7 +48,70 @@ def s3_line(entries: list[BackupEntry], where: str | None, error: str | None) ->
                    if missing else "")
 
 
-def health_lines(entries: list[BackupEntry], now: datetime, s3: str | None = None) -> list[str]:
+OVERDUE_AFTER = timedelta(days=1)  # a copy prune could have deleted this long ago is overdue
+DISK_LOW_SHARE = 0.10  # BACKUP_DIR's file system is filling below this share free...
+DISK_LOW_BACKUPS = 2  # ...or below this many times the newest backup's size
+
+
+def overdue_copies(now_plan: Plan, day_ago_plan: Plan) -> list[Decision]:
+    """The copies prune would delete now that it would already have deleted OVERDUE_AFTER ago
+    (the plan then, over the backups there were): a day past their expiry and still here."""
+    then = {(d.name, d.location) for d in day_ago_plan.deletions}
+    return [d for d in now_plan.deletions if (d.name, d.location) in then]
+
+
+def prune_line(overdue: Sequence[Decision]) -> str:
+    if not overdue:
+        return ""
+    n = len({d.name for d in overdue})
+    total = sum(d.size_bytes for d in overdue)
+    return (f"[b yellow]Prune overdue[/]: {n} backup{'' if n == 1 else 's'} ({size(total)}) "
+            "past the retention policy (press b, then p)")
+
+
+def disk_line(free: int, total: int, newest_bytes: int, freeable: int) -> str:
+    """The warning when BACKUP_DIR's file system is filling: less free than DISK_LOW_BACKUPS
+    times the newest backup, or than DISK_LOW_SHARE of the disk; else ""."""
+    if free >= DISK_LOW_BACKUPS * newest_bytes and free >= DISK_LOW_SHARE * total:
+        return ""
+    gain = f"prune would free {size(freeable)}" if freeable else "prune would free nothing"
+    return f"[b red]Disk filling[/]: {size(free)} free in BACKUP_DIR, {gain}"
+
+
+def _disk_usage(path: Path) -> tuple[int, int] | None:
+    """(free, total) bytes of the file system BACKUP_DIR is (or will be) on."""
+    for where in (path, *path.parents):
+        try:
+            usage = shutil.disk_usage(where)
+        except OSError:
+            continue
+        return usage.free, usage.total
+    return None
+
+
+def retention_health(settings: Settings, entries: list[BackupEntry],
+                     now: datetime) -> list[str]:
+    """The health lines about retention: prune overdue, the disk filling, or a policy the
+    settings make impossible. Reads the disk and plans twice: for the inventory worker."""
+    from tui.screens.browser import retention_plan
+
+    found, error = retention_plan(settings, entries, now)
+    if found is None:
+        return [f"[b red]Retention policy[/]: {escape(error or '')}"]
+    cutoff = now - OVERDUE_AFTER
+    earlier, _ = retention_plan(settings, [e for e in entries if e.created_at is not None
+                                           and e.created_at <= cutoff], cutoff)
+    lines = [prune_line(overdue_copies(found, earlier))] if earlier is not None else []
+    usage = _disk_usage(settings.backup_dir)
+    if usage is not None:
+        newest = next((e for e in entries if e.complete), None)
+        lines.append(disk_line(*usage, (newest.size_bytes or 0) if newest else 0,
+                               found.freed_bytes(LOCAL)))
+    return [line for line in lines if line]
+
+
+def health_lines(entries: list[BackupEntry], now: datetime, s3: str | None = None,
+                 retention: Sequence[str] = ()) -> list[str]:
     complete = [e for e in entries if e.complete]
     lines = []
     if not complete:
@@ -64,6 +133,7 @@ def health_lines(entries: list[BackupEntry], now: datetime, s3: str | None = Non
         lines.append("Last drill: [yellow]never[/] — run the backup verification runbook")
     if s3 is not None:
         lines.append(s3)
+    lines.extend(retention)
     problems = sum(1 for e in entries if e.problems)
     if problems:
         lines.append(f"[b yellow]{problems} backup(s) with problems[/] (press b)")
@@ -124,12 +194,13 @@ class HomeScreen(Screen[None]):
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         entries = app.inventory()
+        retention = retention_health(app.settings, entries, app.now())
         running = []
         for job in unfinished(app.settings.backup_dir):
             state = job.state()
             if job.alive(state):
                 running.append((job, state, describe_progress(job)))
-        app.call_from_thread(self._show, entries)
+        app.call_from_thread(self._show, entries, retention)
         app.call_from_thread(self._show_jobs, running)
 
     def _show_jobs(self, running: list[tuple[Any, Any, str]]) -> None:
@@ -146,7 +217,7 @@ class HomeScreen(Screen[None]):
             return
         self.app.push_screen(JobScreen(self._jobs_running[0][0]))
 
-    def _show(self, entries: list[BackupEntry]) -> None:
+    def _show(self, entries: list[BackupEntry], retention: Sequence[str] = ()) -> None:
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         now = app.now()
         table = self.query_one("#newest", DataTable)
@@ -155,7 +226,7 @@ class HomeScreen(Screen[None]):
             table.add_row(e.name[16:] or e.name, e.kind or "?", short_age(e.created_at, now),
                           size(e.size_bytes), key=e.name)
         self.query_one("#health", Static).update("\n".join(health_lines(
-            entries, now, s3_line(entries, app.s3_where(), app.s3_error))))
+            entries, now, s3_line(entries, app.s3_where(), app.s3_error), retention)))
 
     def on_screen_resume(self) -> None:
         self.refresh_data()

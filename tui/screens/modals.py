@@ -1,12 +1,19 @@
-"""Confirmations and questions: typed names for production, reasons for skips and restores."""
+"""Confirmations and questions: typed names for production, reasons for skips and restores,
+the typed word for prune (with what it would delete)."""
 
 from __future__ import annotations
 
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
+
+from tui.core.fmt import short_age, size
+from tui.core.retention import LOCAL, S3, Plan
+from tui.widgets.backup_list import BackupList, Column, ListRow
 
 
 class AskText(ModalScreen[str | None]):
@@ -65,3 +72,75 @@ class YesNo(ModalScreen[bool]):
 
     def action_answer(self, value: bool) -> None:
         self.dismiss(value)
+
+
+PRUNE_MAX_WIDTH = 120  # #dialog.prune's max-width in app.tcss
+
+
+class PrunePreview(AskText):
+    """What prune would delete and why (name, where, age, size, reason), with the totals, in a
+    list that scrolls (up, down, page up, page down, even while typing); the highlighted
+    copy's whole reason under it. Typing `prune` confirms (the answer is "prune"), Esc cancels.
+
+    The list is the browser's line-API table: 10,000 deletions open as fast as 10."""
+
+    BINDINGS = [
+        Binding("up", "scroll_list('move', -1)", "Up", show=False, id="prune-up",
+                tooltip="Previous copy"),
+        Binding("down", "scroll_list('move', 1)", "Down", show=False, id="prune-down",
+                tooltip="Next copy"),
+        Binding("pageup", "scroll_list('page', -1)", "Page up", show=False, id="prune-pageup",
+                tooltip="A page up"),
+        Binding("pagedown", "scroll_list('page', 1)", "Page down", show=False,
+                id="prune-pagedown", tooltip="A page down"),
+    ]
+
+    def __init__(self, plan: Plan, warning: str | None = None) -> None:
+        gone = plan.deletions
+        n_local = sum(1 for d in gone if d.location == LOCAL)
+        totals = (f"Prune would delete {len(gone)} of {len(plan.decisions)} copies: {n_local} "
+                  f"local (frees {size(plan.freed_bytes(LOCAL))}), {len(gone) - n_local} in S3 "
+                  f"(frees {size(plan.freed_bytes(S3))}); {len(plan.kept)} kept.")
+        prompt = totals + (f"\n{escape(warning)}" if warning else "") + (
+            "\nType [b]prune[/b] and Enter to delete exactly these (the job plans again and "
+            "leaves any it would now keep); Esc cancels.")
+        super().__init__("Prune: the copies the retention policy no longer keeps", prompt,
+                         must_equal="prune", danger=True, placeholder="prune")
+        self.plan = plan
+        self.by_key = {f"{d.location}:{d.name}": d for d in gone}
+
+    def compose(self) -> ComposeResult:
+        width = min(self.app.size.width, PRUNE_MAX_WIDTH) - 6  # border, padding, scrollbar
+        name_width = max((len(d.name) for d in self.by_key.values()), default=10)
+        columns = [Column("name", min(max(name_width, 10), 38)), Column("where", 5),
+                   Column("age", 5), Column("size", 8, right=True)]
+        fixed = sum(c.width + 1 for c in columns) + 1
+        columns.append(Column("reason", max(width - fixed, 20)))
+        with Vertical(id="dialog", classes="danger prune"):
+            yield Label(self.title_text, id="dialog-title")
+            yield Static(self.prompt, id="dialog-prompt")
+            yield BackupList(columns, id="prune-list", formatter=self._cells)
+            yield Static("", id="prune-why")
+            yield Input(placeholder=self.placeholder, id="dialog-input")
+            yield Label("", id="dialog-error")
+
+    def on_mount(self) -> None:
+        self.query_one("#prune-list", BackupList).set_rows([ListRow(k) for k in self.by_key])
+
+    def _cells(self, key: str) -> tuple[str, ...]:
+        d = self.by_key[key]
+        return (d.name, d.location, short_age(d.created_at, self.plan.now), size(d.size_bytes),
+                d.reason)
+
+    @on(BackupList.Highlighted)
+    def _highlighted(self, event: BackupList.Highlighted) -> None:
+        d = self.by_key.get(event.key or "")
+        self.query_one("#prune-why", Static).update(
+            "" if d is None else f"{escape(d.name)} ({d.location}): {escape(d.reason)}")
+
+    def action_scroll_list(self, how: str, delta: int) -> None:
+        table = self.query_one("#prune-list", BackupList)
+        if how == "page":
+            table.action_page(delta)
+        else:
+            table.action_move(delta)
