@@ -252,7 +252,8 @@ def find_job(backup_dir: Path, job_id: str | None) -> Job:
     jobs = all_jobs(backup_dir)
     if not jobs:
         raise JobNotFound(f"no jobs in {jobs_dir(backup_dir)} yet.",
-                          "Jobs are made by backup, restore, verify, drill, upload, download.")
+                          "Jobs are made by backup, restore, verify, drill, upload, download, prune, "
+                          "pin and unpin.")
     if job_id is None:
         for job in jobs:
             with contextlib.suppress(JobNotFound):
@@ -429,10 +430,9 @@ class Follower:
     """A viewer's reading of one job: `poll()` hands new events to `emit` and returns the
     outcome once the job has ended (or been found dead and reconciled), else None."""
 
-    def __init__(self, job: Job, emit: Emit, settings: Settings | None = None) -> None:
+    def __init__(self, job: Job, emit: Emit) -> None:
         self.job = job
         self.emit = emit
-        self.settings = settings
         self.reader = JournalReader(job.journal_path)
         self._last_alive_check = time.monotonic()
 
