@@ -254,12 +254,9 @@ def find_job(backup_dir: Path, job_id: str | None) -> Job:
         raise JobNotFound(f"no jobs in {jobs_dir(backup_dir)} yet.",
                           "Jobs are made by backup, restore, verify, drill, upload, download, prune, "
                           "pin and unpin.")
-    if job_id is None:
-        for job in jobs:
-            with contextlib.suppress(JobNotFound):
-                if not job.state().finished:
-                    return job
-        return jobs[0]
+    if job_id is None:  # the active markers name the unfinished ones: no state file read each
+        active = unfinished(backup_dir)
+        return active[-1] if active else jobs[0]
     found = [j for j in jobs if j.id == job_id] or [j for j in jobs if j.id.startswith(job_id)]
     if len(found) != 1:
         raise JobNotFound(f"{'no' if not found else 'more than one'} job matches {job_id!r}.",

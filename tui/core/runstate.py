@@ -70,8 +70,11 @@ def runs_dir(backup_dir: Path) -> Path:
 
 def save(backup_dir: Path, run: RunbookRun) -> None:
     directory = ensure_private_dir(runs_dir(backup_dir))
+    # Atomic, not fsynced: it is written on the event loop at every tick, and what it must
+    # survive is a dropped terminal (the page cache outlives the process), not a power cut.
     atomic_write_bytes(directory / f"{run.id}.json",
-                       json.dumps(to_json(run), indent=1, ensure_ascii=False).encode())
+                       json.dumps(to_json(run), indent=1, ensure_ascii=False).encode(),
+                       durable=False)
 
 
 def unfinished(backup_dir: Path, runbooks: list[Runbook],
