@@ -801,10 +801,18 @@ async def _dump(
             os.fsync(fd)
         except OSError as exc:
             raise _write_error(exc, tmp, written) from None
-        sha256 = await asyncio.to_thread(_sha256_fd, fd, written)
-
+        # The checksum and the read-back of the table of contents read the stored file side
+        # by side (the read-back is a pg_restore process of its own).
         emit(PhaseStarted("checking", "reading back the table of contents"))
-        toc = await asyncio.to_thread(read_toc, tmp, pg_restore.path, env)
+        # Both are awaited to their end before either's failure is raised: the file descriptor
+        # the checksum reads is closed on the way out.
+        both = await asyncio.gather(asyncio.to_thread(_sha256_fd, fd, written),
+                                    asyncio.to_thread(read_toc, tmp, pg_restore.path, env),
+                                    return_exceptions=True)
+        for outcome in both:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        sha256, toc = cast(str, both[0]), cast(Toc, both[1])
         emit(PhaseStarted("counting", f"{len(tables)} tables in the dump's snapshot"))
         counts = await count_task
         # The archive decides which tables' data it holds: keep exactly those counts.

@@ -8,7 +8,6 @@ psycopg connections, and turns libpq's failures into one plain line with the nex
 from __future__ import annotations
 
 import contextlib
-import functools
 import glob
 import os
 import re
@@ -24,6 +23,7 @@ import psycopg
 from tui.core.errors import ConfigError, OperationFailed, PgRunbookError
 from tui.core.fsutil import note_temp
 from tui.core.settings import Settings, Target
+from tui.core.toolcache import remembered
 
 TOOLS = ("pg_dump", "pg_restore", "psql")
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
@@ -71,6 +71,12 @@ def candidate_dirs(pg_bin_dir: Path | None) -> list[Path]:
 
 
 def tool_version(path: Path) -> tuple[int, int] | None:
+    """(major, minor) of a PostgreSQL binary, asked once per binary (see `toolcache`)."""
+    answer = remembered("version", path, lambda: _ask_version(path))
+    return None if answer is None else (int(answer[0]), int(answer[1]))
+
+
+def _ask_version(path: Path) -> list[int] | None:
     try:
         out = subprocess.run(
             [str(path), "--version"], capture_output=True, text=True, timeout=10, check=False
@@ -80,7 +86,7 @@ def tool_version(path: Path) -> tuple[int, int] | None:
     m = _VERSION_RE.search(out)
     if not m:
         return None
-    return int(m.group(1)), int(m.group(2) or 0)
+    return [int(m.group(1)), int(m.group(2) or 0)]
 
 
 def find_candidates(name: str, pg_bin_dir: Path | None) -> list[PgTool]:
@@ -125,20 +131,15 @@ def supports_zstd(pg_dump: PgTool) -> bool:
     PostgreSQL 16+ has the option, but a build without libzstd (such as the PostgreSQL wheels on
     PyPI) rejects it: `invalid compression specification: this build does not support
     compression with ZSTD`. pg_dump checks the option before it connects, so the probe points it
-    at a socket directory that does not exist and reads which error comes first. Cached per
-    binary (path, size, modification time).
+    at a socket directory that does not exist and reads which error comes first. Asked once
+    per binary (see `toolcache`).
     """
     if pg_dump.major < 16:
         return False
-    try:
-        st = pg_dump.path.resolve().stat()
-    except OSError:
-        return False
-    return _probe_zstd(str(pg_dump.path.resolve()), st.st_size, st.st_mtime_ns)
+    return bool(remembered("zstd", pg_dump.path, lambda: _probe_zstd(str(pg_dump.path))))
 
 
-@functools.cache
-def _probe_zstd(path: str, _size: int, _mtime_ns: int) -> bool:
+def _probe_zstd(path: str) -> bool | None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["PGCONNECT_TIMEOUT"] = "1"
     with tempfile.TemporaryDirectory(prefix="pgrunbook-probe-") as tmp:
@@ -152,7 +153,7 @@ def _probe_zstd(path: str, _size: int, _mtime_ns: int) -> bool:
                 stdin=subprocess.DEVNULL,
             )
         except (OSError, subprocess.TimeoutExpired):
-            return False
+            return None
     err = proc.stderr.lower()
     # Past the option check it tries to connect and fails on the missing socket.
     return "compression" not in err and ("connect" in err or "socket" in err)
