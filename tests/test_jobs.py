@@ -52,6 +52,17 @@ def _open_records(ws: Workspace) -> list[dict[str, Any]]:
     return [e for e in _audit(ws) if e["event"] == "start" and e["id"] not in ended]
 
 
+def kill_viewer_and_job(viewer: subprocess.Popen[Any], pid: int) -> None:
+    """SIGKILL the viewer's process group (an SSH session gone), then the detached job (out of
+    memory), and wait until the job is dead (gone, or a zombie nobody reaps yet)."""
+    os.killpg(viewer.pid, signal.SIGKILL)
+    viewer.wait(timeout=10)
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: not Path(f"/proc/{pid}/stat").exists()
+              or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z",
+              "the job to die")
+
+
 def _leftovers(ws: Workspace) -> list[Path]:
     return list(ws.backup_dir.glob(".*partial-*"))
 
@@ -156,12 +167,7 @@ def test_a_killed_restore_job_is_reconciled_by_the_next_command(
         restore_pids = [int(p) for p in _pids_of("pg_restore")]
         job = _restore_job(workspace)
         # The viewer goes first (its SSH session died), then the job itself (out of memory).
-        os.killpg(viewer.pid, signal.SIGKILL)
-        viewer.wait(timeout=10)
-        os.kill(job["pid"], signal.SIGKILL)
-        _wait_for(lambda: not Path(f"/proc/{job['pid']}/stat").exists()
-                  or Path(f"/proc/{job['pid']}/stat").read_text().split(") ")[1][0] == "Z",
-                  "the job to die")
+        kill_viewer_and_job(viewer, job["pid"])
         assert _leftovers(workspace), "the dead job's temp files are still there"
         nxt = workspace.run("list")
     finally:

@@ -32,6 +32,7 @@ import pytest
 
 from tests.conftest import Golden, Workspace, clean_env
 from tests.test_s3 import CREDS, bucket, client, keys, moto_port, s3_env  # noqa: F401
+from tui.core import inventory as inv
 from tui.core.fsutil import ensure_private_dir
 from tui.core.inventory import BackupEntry
 from tui.core.metadata import read_meta, write_meta
@@ -64,6 +65,14 @@ def stamp(when: datetime) -> str:
     return when.strftime("%Y%m%d_%H%M%S")
 
 
+# The inventory's codes for the problem texts these tests use (tui.core.inventory).
+CODES = {"metadata missing": inv.META_MISSING, "checksum mismatch": inv.CHECKSUM_MISMATCH,
+         "S3 copy incomplete (no metadata.json)": inv.S3_NO_METADATA,
+         "never uploaded to S3 (pgrunbook upload NAME)": inv.NOT_UPLOADED,
+         "size differs from metadata (10 bytes, expected 1000)": inv.SIZE_MISMATCH,
+         "partial file left by an interrupted write (safe to delete)": inv.PARTIAL_FILE}
+
+
 def entry(when: datetime, kind: str = "manual", *, location: str = "local",
           problems: tuple[str, ...] = (), sha: str | None = SHA, meta: bool = True,
           **extra: Any) -> BackupEntry:
@@ -75,6 +84,7 @@ def entry(when: datetime, kind: str = "manual", *, location: str = "local",
                        meta_path=Path(f"/b/{name}.backup.meta"), kind=kind if meta else None,
                        created_at=when, size_bytes=1000, sha256=sha, meta=m if meta else None,
                        problems=list(problems), location=location,
+                       problem_codes=[CODES[p] for p in problems],
                        s3_key=f"backups/{stamp(when)}/database.backup"
                        if location != "local" else None)
 
@@ -147,7 +157,8 @@ def test_failed_and_partial_runs_never_fill_a_slot() -> None:
                           path=Path(f"/b/.{stamp(later)}_x.backup.partial-0badf00d"),
                           meta_path=Path(f"/b/.{stamp(later)}_x.backup.partial-0badf00d"),
                           created_at=later + timedelta(minutes=4), size_bytes=5,
-                          problems=["partial file left by an interrupted write (safe to delete)"])
+                          problems=["partial file left by an interrupted write (safe to delete)"],
+                          problem_codes=[inv.PARTIAL_FILE])
     # A failed run after the newest good backup does not move the windows either.
     newest_failed = entry(ANCHOR + timedelta(days=5, hours=12), meta=False,
                           problems=("metadata missing",))
@@ -329,8 +340,10 @@ def dated_copy(ws: Workspace, golden: Golden, when: datetime, label: str = "manu
     os.link(golden.archive, archive)
     os.link(golden.roles, f"{archive}.roles.sql")
     meta = copy.deepcopy(golden.meta)
-    meta.update(name=name, label=label, kind=kind,
-                created_at=when.isoformat().replace("+00:00", "Z"), **extra)
+    took = timedelta(seconds=float(meta.get("duration_seconds") or 0))
+    meta.update({"name": name, "label": label, "kind": kind,
+                 "created_at": when.isoformat().replace("+00:00", "Z"),
+                 "finished_at": (when + took).isoformat().replace("+00:00", "Z"), **extra})
     meta["archive"]["file"] = archive.name
     if "file" in meta.get("roles_sql", {}):
         meta["roles_sql"]["file"] = f"{archive.name}.roles.sql"

@@ -49,8 +49,8 @@ async def test_home_shows_target_backups_health_and_runbooks(workspace: Workspac
         assert app.screen.query_one("#banner").has_class("production")
         assert app.screen.query_one("#newest", DataTable).row_count == 1
         health = str(app.screen.query_one("#health", Static).render())
-        assert "Newest backup" in health and "Last drill" in health
-        assert "S3: off" in health
+        assert "Newest backup: " in health and "Last passed drill: never" in health, health
+        assert "more OK: last backup job, backup size, " in health, health
         await pilot.press("question_mark")
         assert app.screen.__class__.__name__ == "HelpScreen"
         await pilot.press("escape")
@@ -467,18 +467,19 @@ async def test_home_says_prune_is_overdue_for_a_history_past_the_policy(
         await app.workers.wait_for_complete()
         await pilot.pause()
         health = str(app.screen.query_one("#health", Static).render())
-        assert f"Prune overdue: {GONE} backups ({human_size(GONE * size)}) past the " \
-               "retention policy (press b, then p)" in health, health
-        assert "Disk filling" not in health
-    # Less free in BACKUP_DIR than two of the newest backup: the disk is filling.
+        assert f"Retention: prune overdue: {GONE} backup(s) ({human_size(GONE * size)}) past " \
+               "the policy for over a day" in health, health
+        assert "free space, settings" in health and "will not fit" not in health, health
+    # Less free in BACKUP_DIR than the newest backup: the next one will not fit.
     usage = shutil.disk_usage(workspace.backup_dir)
-    monkeypatch.setattr(home.shutil, "disk_usage", lambda _path: usage._replace(free=size))
+    monkeypatch.setattr(home, "_disk_usage", lambda _path: (size, usage.total))
     app = make_app(settings_for(workspace), now=lambda: RETENTION_NOW)
     async with app.run_test(size=(80, 24)) as pilot:
         await app.workers.wait_for_complete()
         await pilot.pause()
         health = str(app.screen.query_one("#health", Static).render())
-        assert f"Disk filling: {human_size(size)} free in BACKUP_DIR, prune would free " \
+        assert f"Free space: the next backup will not fit: about {human_size(int(size * 1.1))} " \
+               f"needed, {human_size(size)} free; pgrunbook prune would free " \
                f"{human_size(GONE * size)}" in health, health
 
 
@@ -490,8 +491,9 @@ async def test_home_and_browser_with_one_fresh_backup_have_nothing_to_prune(
         await app.workers.wait_for_complete()
         await pilot.pause()
         health = str(app.screen.query_one("#health", Static).render())
-        assert "Newest backup" in health and "Prune overdue" not in health, health
-        assert "Disk filling" not in health
+        assert "Newest backup: " in health and "drill results, retention, free space" in health, \
+            health
+        assert "will not fit" not in health
         await pilot.press("b")
         await app.workers.wait_for_complete()
         await pilot.pause()
@@ -503,19 +505,6 @@ async def test_home_and_browser_with_one_fresh_backup_have_nothing_to_prune(
         assert isinstance(app.screen, BrowserScreen)
         assert "Nothing to prune: the retention policy keeps all 1 copies." in notices(app)
     assert [p.name for p in workspace.backup_dir.glob("*.backup")] == [f"{name}.backup"]
-
-
-def test_disk_filling_is_below_two_newest_backups_or_a_tenth_of_the_disk() -> None:
-    from tui.screens.home import disk_line
-
-    gb = 10**9
-    assert disk_line(free=50 * gb, total=100 * gb, newest_bytes=gb, freeable=0) == ""
-    # 15% free, but less than two backups of 10 GB.
-    assert disk_line(free=15 * gb, total=100 * gb, newest_bytes=10 * gb, freeable=3 * gb) == \
-        "[b red]Disk filling[/]: 15.0 GB free in BACKUP_DIR, prune would free 3.0 GB"
-    # Room for nine backups of 1 GB, but under a tenth of the disk.
-    assert disk_line(free=9 * gb, total=100 * gb, newest_bytes=gb, freeable=0) == \
-        "[b red]Disk filling[/]: 9.0 GB free in BACKUP_DIR, prune would free nothing"
 
 
 def test_the_retention_line_is_per_place_when_local_and_s3_are_planned_differently() -> None:

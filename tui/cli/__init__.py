@@ -31,9 +31,11 @@ from tui.cli.commands import (
     tui_problem,
 )
 from tui.cli.parser import EXIT_CODES_HELP, build_parser
-from tui.cli.render import Renderer, _err, restore_json
+from tui.cli.render import Renderer, _err, _out, restore_json
 from tui.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PgRunbookError
 from tui.core.settings import load_settings
+
+HEALTH_UNKNOWN = 3  # `health` follows the monitoring plugins' exit codes (tui.cli.health_cmd)
 
 __all__ = [
     "EXIT_CODES_HELP", "Renderer", "build_parser", "cmd_attach", "cmd_audit", "cmd_backup",
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args, settings)
         return code
     except PgRunbookError as exc:
+        if args.command == "health":  # a monitor reads stdout's first line and the exit code
+            _out(f"UNKNOWN: pgrunbook health could not run: {exc.message}")
         _err(f"error: {exc.message}")
         hint = " ".join(part for part in (
             exc.hint, f"Full output: {exc.log_path}" if exc.log_path else None) if part)
@@ -86,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _err(f"  {hint}")
         if exc.detail and getattr(args, "verbose", False):
             _err(exc.detail)
-        return exc.exit_code
+        return HEALTH_UNKNOWN if args.command == "health" else exc.exit_code
     except KeyboardInterrupt:
         _err("interrupted.")
         return EXIT_INTERRUPTED
@@ -101,4 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _err(f"error: unexpected internal error ({exc.__class__.__name__}: {exc}).")
         _err("  This is a pgrunbook bug: rerun with -v for the details and report it.")
+        if args.command == "health":
+            _out(f"UNKNOWN: pgrunbook health could not run: internal error "
+                 f"({exc.__class__.__name__})")
+            return HEALTH_UNKNOWN
         return EXIT_FAILED

@@ -36,6 +36,16 @@ from tui.core.errors import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK
 from tui.core.settings import Settings
 
 
+def _renderer(args: argparse.Namespace) -> Renderer:
+    return Renderer(verbose=args.verbose, quiet=getattr(args, "quiet", False))
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """A line about what is starting, on stderr; --quiet (cron) leaves it out."""
+    if not getattr(args, "quiet", False):
+        _err(text)
+
+
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from tui.core.backup import BackupRequest
 
@@ -45,9 +55,9 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         exclude_table_data=tuple(args.exclude_table_data or ()),
         lock_wait_timeout=args.lock_wait_timeout, upload=not args.no_upload,
     )
-    _err(f"Backing up {settings.target.name} ({settings.target.describe()}) "
+    _say(args, f"Backing up {settings.target.name} ({settings.target.describe()}) "
          f"to {settings.backup_dir}")
-    outcome = run_job(settings, "backup", request, Renderer(verbose=args.verbose),
+    outcome = run_job(settings, "backup", request, _renderer(args),
                       arguments={"name": args.name, "kind": args.kind}, reason=args.reason)
     if not getattr(args, "pin", False):
         return show_backup(outcome, args.json)
@@ -55,7 +65,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
     name = outcome.unwrap().name  # a failed backup raises here: nothing to pin
     pinned = run_job(settings, "pin", PinRequest(name, True, args.reason),
-                     Renderer(verbose=args.verbose), arguments={"backup": name},
+                     _renderer(args), arguments={"backup": name},
                      reason=args.reason).unwrap()
     return show_backup(outcome, args.json, pinned=pinned)
 
@@ -113,11 +123,11 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     interactive = sys.stdin.isatty() and not args.json
     t = settings.target
     banner = "PRODUCTION " if t.production else ""
-    _err(f"Restoring {args.backup} into {banner}target {t.name} ({t.describe()})")
+    _say(args, f"Restoring {args.backup} into {banner}target {t.name} ({t.describe()})")
     confirmation = confirmation_needed(settings, request) if interactive else None
     if confirmation is not None:  # asked here: the job never waits for a terminal
         request = confirmed_request(request, confirmation, _ask_restore(confirmation))
-    outcome = run_job(settings, "restore", request, Renderer(verbose=args.verbose),
+    outcome = run_job(settings, "restore", request, _renderer(args),
                       arguments={"backup": request.backup}, reason=args.reason)
     return show_restore(outcome, args.json)
 
@@ -147,9 +157,9 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     if not spec:
         raise ConfigError(f"nothing has been restored into {settings.target.name!r} yet.",
                           "Name the backup to compare with: pgrunbook verify NAME")
-    _err(f"Verifying {settings.target.name} ({settings.target.describe()}) against {spec}")
+    _say(args, f"Verifying {settings.target.name} ({settings.target.describe()}) against {spec}")
     outcome = run_job(settings, "verify", VerifyRequest(spec, jobs=args.jobs or 4),
-                      Renderer(verbose=args.verbose), arguments={"backup": spec})
+                      _renderer(args), arguments={"backup": spec})
     return show_verify(outcome, args.json)
 
 
@@ -168,9 +178,9 @@ def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
     spec = args.backup or "latest"
     where = f"a scratch database on {settings.target.name}" if args.target else \
         "a throwaway local PostgreSQL"
-    _err(f"Drill: restoring {spec} into {where}")
+    _say(args, f"Drill: restoring {spec} into {where}")
     outcome = run_job(settings, "drill", DrillRequest(spec, bool(args.target), args.jobs),
-                      Renderer(verbose=args.verbose), arguments={"backup": spec},
+                      _renderer(args), arguments={"backup": spec},
                       target=settings.target.public() if args.target else {"name": "throwaway"})
     return show_drill(outcome, args.json)
 
@@ -198,9 +208,9 @@ def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
     from tui.core.job_ops import UploadRequest
 
     s3 = _require_s3(settings)
-    _err(f"Uploading {args.backup} to s3://{s3.bucket}/{s3.prefix}")
+    _say(args, f"Uploading {args.backup} to s3://{s3.bucket}/{s3.prefix}")
     outcome = run_job(settings, "upload", UploadRequest(args.backup),
-                      Renderer(verbose=args.verbose), arguments={"backup": args.backup})
+                      _renderer(args), arguments={"backup": args.backup})
     return show_upload(outcome, False)
 
 
@@ -215,7 +225,7 @@ def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
 
     _require_s3(settings)
     outcome = run_job(settings, "download", DownloadRequest(args.backup),
-                      Renderer(verbose=args.verbose), arguments={"backup": args.backup})
+                      _renderer(args), arguments={"backup": args.backup})
     return show_download(outcome, False)
 
 
@@ -259,7 +269,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             raise OperationFailed("not confirmed; nothing was deleted.")
     request = PruneRequest(tuple((d.name, d.location) for d in deletions), verify=args.verify)
-    outcome = run_job(settings, "prune", request, Renderer(verbose=args.verbose),
+    outcome = run_job(settings, "prune", request, _renderer(args),
                       arguments={"approved": len(deletions), "verify": args.verify},
                       target={"name": "-", "backup_dir": str(settings.backup_dir)})
     if args.json:
@@ -282,7 +292,7 @@ def cmd_pin(args: argparse.Namespace, settings: Settings) -> int:
 
     pinned = args.command == "pin"
     request = PinRequest(args.backup, pinned, getattr(args, "reason", None))
-    outcome = run_job(settings, args.command, request, Renderer(verbose=args.verbose),
+    outcome = run_job(settings, args.command, request, _renderer(args),
                       arguments={"backup": args.backup}, reason=request.reason,
                       target={"name": "-", "backup_dir": str(settings.backup_dir)})
     return show_pin(outcome, args.json)
@@ -330,7 +340,7 @@ def cmd_attach(args: argparse.Namespace, settings: Settings) -> int:
     who = state.operator.get("user", "?")
     _err(f"Job {job.id}: {state.operation} of {(state.target or {}).get('name', '-')} by {who}"
          f", started {state.started_at}, {state.status}")
-    outcome = follow(job, Renderer(verbose=args.verbose), stop_on_interrupt=False)
+    outcome = follow(job, _renderer(args), stop_on_interrupt=False)
     if outcome is None:
         return EXIT_OK
     show = SHOW.get(state.operation)

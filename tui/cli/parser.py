@@ -25,7 +25,11 @@ from tui.cli.commands import (
     cmd_upload,
     cmd_verify,
 )
+from tui.cli.health_cmd import EXIT_CODES_HELP as HEALTH_EXIT_CODES
+from tui.cli.health_cmd import cmd_health
 from tui.cli.lifecycle_cmd import cmd_lifecycle
+from tui.cli.schedule_cmd import cmd_schedule
+from tui.core.metadata import KINDS
 
 EXIT_CODES_HELP = """exit codes:
   0    success
@@ -33,6 +37,7 @@ EXIT_CODES_HELP = """exit codes:
   2    bad usage or configuration
   3    verification found differences
   130  interrupted (Ctrl-C or SIGTERM)
+  health has its own: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (pgrunbook health --help)
 """
 
 
@@ -49,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="named target (production, staging, local, ...)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show the PostgreSQL tools' own output")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress on stderr, only warnings and errors (for cron, which "
+                             "mails what a job prints)")
     parser.add_argument("--version", action="version", version=f"pgrunbook {tui.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -56,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Take a checksummed backup with per-table row counts.")
     p.add_argument("name", nargs="?", help="name part of the file (default by kind)")
     p.add_argument("--kind", default="manual",
-                   choices=["manual", "pre-migration", "emergency", "release"])
+                   choices=list(KINDS),
+                   help="manual (default), scheduled (a timer's), pre-migration (a deploy's), "
+                        "emergency, release (kept for ever)")
     p.add_argument("--reason", help="why: recorded in the metadata and the audit trail")
     p.add_argument("--compress", metavar="SPEC",
                    help="zstd:LEVEL (default zstd:3), gzip:LEVEL or none")
@@ -93,6 +103,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print the configuration and the differences as JSON")
     p.set_defaults(func=cmd_lifecycle)
+
+    p = sub.add_parser("schedule", help="print systemd units or crontab lines for the SOP's rhythm",
+                       description="Print ready-to-install systemd units (a service and a timer "
+                                   "each) or crontab\nlines for this install and settings file: "
+                                   "backup daily at 02:00 (uploaded to S3\nwhen a bucket is set), "
+                                   "health hourly (node_exporter textfile), drill monthly on\nthe "
+                                   "1st at 04:00, prune daily at 05:00. They run as --user "
+                                   "(default: you) in\nthe settings file's directory.",
+                       epilog="examples:\n"
+                              "  pgrunbook --env-file /srv/app/.env.deployment schedule --systemd "
+                              "--output-dir ./units\n"
+                              "  pgrunbook --target staging schedule --cron --user backup\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--systemd", action="store_true", help="systemd services and timers")
+    how.add_argument("--cron", action="store_true", help="lines for the user's crontab")
+    p.add_argument("--user", metavar="USER", help="OS user the jobs run as (default: you)")
+    p.add_argument("--prometheus", metavar="FILE",
+                   help="health's textfile (default: "
+                        "/var/lib/prometheus/node-exporter/pgrunbook.prom)")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="write the unit files there (0644) and print the install commands")
+    p.add_argument("--force", action="store_true",
+                   help="with --output-dir: replace unit files that differ")
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("restore", help="restore a backup into the target (safety backup first)",
                        description="Restore a backup: checksum, confirmation, safety backup, "
@@ -141,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.add_argument("--verify", action="store_true", help="also check every archive's SHA-256")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "health", help="check backups, drills, S3, retention and space (for monitors)",
+        description="Run the health checks: the newest backup's age, the last backup job, "
+                    "sizes and durations, S3 copies, metadata, drills, retention, free space "
+                    "and settings. Reads the inventory and the audit trail; never connects to "
+                    "the database.",
+        epilog=HEALTH_EXIT_CODES + "\nexample (hourly, for node_exporter):\n"
+               "  pgrunbook health --prometheus /var/lib/prometheus/node-exporter/pgrunbook.prom\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.add_argument("--prometheus", metavar="FILE",
+                   help="also write the metrics to FILE (*.prom, node_exporter's textfile "
+                        "format), atomically")
+    p.add_argument("--no-notify", action="store_true",
+                   help="do not post critical checks to CHAT_WEBHOOK_URL")
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("prune", help="delete the backups the retention policy no longer keeps",
                        description="Plan which backups (local and S3) the retention policy "

@@ -66,8 +66,10 @@ def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
 class Renderer:
     """Draws engine events: a progress bar on a terminal, plain lines otherwise."""
 
-    def __init__(self, verbose: bool = False, stream: TextIO | None = None) -> None:
+    def __init__(self, verbose: bool = False, stream: TextIO | None = None, *,
+                 quiet: bool = False) -> None:
         self.verbose = verbose
+        self.quiet = quiet  # --quiet (cron): warnings and errors only
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self._progress: Any = None
@@ -80,6 +82,9 @@ class Renderer:
             self._progress = None
 
     def __call__(self, event: Event) -> None:
+        if self.quiet and not (isinstance(event, Notice) and event.level != "info") and not (
+                isinstance(event, RestoreLine) and event.is_error):
+            return
         if isinstance(event, PhaseStarted):
             self._stop_bar()
             _out(f"· {event.describe()}", self.stream)

@@ -153,6 +153,44 @@ class AuditLog:
                 except json.JSONDecodeError:
                     yield {"event": "unreadable", "line": n}
 
+    def newest_first(self) -> Iterator[dict[str, Any]]:
+        """Every readable line, newest first (see `newest_lines`)."""
+        for raw in self.newest_lines():
+            if entry := parse_line(raw):
+                yield entry
+
+    def newest_lines(self, block: int = 1 << 16) -> Iterator[bytes]:
+        """The raw lines, newest first, read from the end of the file in blocks: a health check
+        after years of operations reads only as far back as it needs, and parses only the lines
+        it wants."""
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        with f:
+            position = f.seek(0, os.SEEK_END)
+            rest = b""
+            while position > 0:
+                step = min(block, position)
+                position -= step
+                f.seek(position)
+                lines = (f.read(step) + rest).split(b"\n")
+                rest = lines[0]  # may be the end of a line that began in the block before
+                yield from reversed(lines[1:])
+            yield rest
+
+
+def parse_line(raw: bytes) -> dict[str, Any] | None:
+    """One audit line as a dict; None for a blank line; an "unreadable" event for a damaged one."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        entry = json.loads(raw.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return {"event": "unreadable"}
+    return entry if isinstance(entry, dict) else {"event": "unreadable"}
+
 
 def last_restored(backup_dir: Path, target: Target) -> str | None:
     """The backup most recently restored into `target` (same name and database) by the audit

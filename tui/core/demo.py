@@ -299,7 +299,7 @@ HISTORY = (
 
 def seed_history(settings: Settings, emit: Emit = ignore) -> list[str]:
     """A few real backups of the demo database, of different kinds, with the data growing
-    between them, then dated back (file names and `created_at`) so that a newcomer's first look
+    between them, then dated back (file names, `created_at`, `finished_at`) so that a newcomer's first look
     at the browser shows ages, a size trend and kinds; each says so in its metadata
     (`demo_backdated_from`). The archives and checksums are untouched and restorable."""
     names = []
@@ -324,7 +324,9 @@ def _backdate(archive: Path, when: datetime) -> str:
     name = f"{stamp}_{match.group(2)}"
     new_archive = archive.with_name(name + ARCHIVE_SUFFIX)
     meta["demo_backdated_from"] = meta["created_at"]
-    meta.update(name=name, created_at=when.isoformat().replace("+00:00", "Z"))
+    took = timedelta(seconds=float(meta.get("duration_seconds") or 0))
+    meta.update(name=name, created_at=when.isoformat().replace("+00:00", "Z"),
+                finished_at=(when + took).isoformat().replace("+00:00", "Z"))
     meta["archive"]["file"] = new_archive.name
     os.rename(archive, new_archive)
     write_meta(meta_path_for(new_archive), meta)

@@ -25,6 +25,22 @@ from tui.core.metadata import (
 
 HASH_CHUNK = 1 << 20
 
+# What is wrong with a backup, as codes beside the texts the operator reads (`problems`): the
+# health checks and the retention policy branch on these, never on the words.
+ARCHIVE_MISSING = "archive-missing"
+META_MISSING = "metadata-missing"
+META_DAMAGED = "metadata-damaged"
+SIZE_MISMATCH = "size-mismatch"
+CHECKSUM_MISMATCH = "checksum-mismatch"
+PARTIAL_FILE = "partial-file"
+S3_NO_METADATA = "s3-no-metadata"  # local and S3: the S3 copy lacks metadata.json
+S3_CHECKSUM = "s3-checksum"  # local and S3: the checksums differ
+S3_ONLY_NO_ARCHIVE = "s3-only-no-archive"  # S3 only: metadata.json without database.backup
+S3_ONLY_NO_METADATA = "s3-only-no-metadata"  # S3 only: database.backup without metadata.json
+S3_ONLY_SIZE = "s3-only-size"  # S3 only: the object's size differs from its metadata.json
+S3_MULTIPART = "s3-multipart"  # an abandoned multipart upload
+NOT_UPLOADED = "not-uploaded"  # local only, while S3 is configured
+
 
 @dataclass
 class BackupEntry:
@@ -41,6 +57,11 @@ class BackupEntry:
     problems: list[str] = field(default_factory=list)
     location: str = "local"  # local, s3, both
     s3_key: str | None = None
+    problem_codes: list[str] = field(default_factory=list)  # one per problem, same order
+
+    def add_problem(self, code: str, text: str) -> None:
+        self.problem_codes.append(code)
+        self.problems.append(text)
 
     @property
     def complete(self) -> bool:
@@ -115,11 +136,11 @@ def load_entry(archive: Path, verify: bool = False) -> BackupEntry:
         entry.size_bytes = st.st_size
     except FileNotFoundError:
         st = None
-        entry.problems.append("archive missing")
+        entry.add_problem(ARCHIVE_MISSING, "archive missing")
     try:
         meta = read_meta(entry.meta_path)
     except MetaError as exc:
-        entry.problems.append(str(exc))
+        entry.add_problem(META_MISSING if exc.missing else META_DAMAGED, str(exc))
         meta = None
     if meta is not None:
         entry.meta = meta
@@ -128,11 +149,11 @@ def load_entry(archive: Path, verify: bool = False) -> BackupEntry:
         entry.sha256 = str(meta["archive"]["sha256"])
         expected = meta["archive"].get("size_bytes")
         if st is not None and isinstance(expected, int) and expected != st.st_size:
-            entry.problems.append(
-                f"size differs from metadata ({st.st_size} bytes, expected {expected})"
+            entry.add_problem(
+                SIZE_MISMATCH, f"size differs from metadata ({st.st_size} bytes, expected {expected})"
             )
         elif st is not None and verify and sha256_file(archive) != entry.sha256:
-            entry.problems.append("checksum mismatch")
+            entry.add_problem(CHECKSUM_MISMATCH, "checksum mismatch")
     if entry.created_at is None:
         entry.created_at = _stamp_time(name) or (
             datetime.fromtimestamp(st.st_mtime, UTC) if st is not None else None
@@ -158,7 +179,8 @@ def list_backups(backup_dir: Path, verify: bool = False) -> list[BackupEntry]:
                 st = child.stat()
                 e.size_bytes = st.st_size
                 e.created_at = datetime.fromtimestamp(st.st_mtime, UTC)
-                e.problems.append("partial file left by an interrupted write (safe to delete)")
+                e.add_problem(PARTIAL_FILE,
+                              "partial file left by an interrupted write (safe to delete)")
                 entries.append(e)
             continue
         if fname.endswith(ARCHIVE_SUFFIX) and listing[fname].is_file():
@@ -205,9 +227,9 @@ def merged_inventory(backup_dir: Path, s3: Any | None, verify: bool = False) -> 
                 local.location = "both"
                 local.s3_key = rb.archive_key
             if rb.archive_key and rb.meta is None:
-                local.problems.append("S3 copy incomplete (no metadata.json)")
+                local.add_problem(S3_NO_METADATA, "S3 copy incomplete (no metadata.json)")
             elif remote_sha and local.sha256 and remote_sha != local.sha256:
-                local.problems.append("checksum differs between local and S3")
+                local.add_problem(S3_CHECKSUM, "checksum differs between local and S3")
             continue
         name = str((rb.meta or {}).get("name") or stamp)
         e = BackupEntry(name=name, path=backup_dir / f"{name}{ARCHIVE_SUFFIX}",
@@ -220,22 +242,23 @@ def merged_inventory(backup_dir: Path, s3: Any | None, verify: bool = False) -> 
             e.sha256 = remote_sha
         e.created_at = e.created_at or _stamp_time(f"{stamp}_x") or rb.last_modified
         if rb.archive_key is None:
-            e.problems.append("metadata.json without database.backup in S3")
+            e.add_problem(S3_ONLY_NO_ARCHIVE, "metadata.json without database.backup in S3")
         elif rb.meta is None:
-            e.problems.append(rb.meta_error or "incomplete upload (no metadata.json)")
+            e.add_problem(S3_ONLY_NO_METADATA,
+                          rb.meta_error or "incomplete upload (no metadata.json)")
         elif rb.meta.get("archive", {}).get("size_bytes") != rb.size_bytes:
-            e.problems.append("S3 object size differs from metadata.json")
+            e.add_problem(S3_ONLY_SIZE, "S3 object size differs from metadata.json")
         entries.append(e)
     for up in remote.orphaned_uploads:
         e = BackupEntry(name=up["key"], path=backup_dir / up["key"], meta_path=backup_dir,
                         location="s3", s3_key=up["key"])
         e.created_at = _parse_time(up["initiated"])
-        e.problems.append(f"orphaned multipart upload since {up['initiated'][:19]} "
-                          f"(abort it: upload id {up['upload_id']})")
+        e.add_problem(S3_MULTIPART, f"orphaned multipart upload since {up['initiated'][:19]} "
+                                    f"(abort it: upload id {up['upload_id']})")
         entries.append(e)
     for e in entries:
         if e.location == "local" and e.complete:
-            e.problems.append("never uploaded to S3 (pgrunbook upload NAME)")
+            e.add_problem(NOT_UPLOADED, "never uploaded to S3 (pgrunbook upload NAME)")
     epoch = datetime.min.replace(tzinfo=UTC)
     entries.sort(key=lambda x: (x.created_at or epoch, x.name), reverse=True)
     return entries

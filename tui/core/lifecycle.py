@@ -74,6 +74,7 @@ from urllib.parse import urlencode
 
 from tui.core.errors import ConfigError, OperationFailed
 from tui.core.events import Emit, PhaseStarted, ignore
+from tui.core.metadata import SLOT_KINDS
 from tui.core.s3 import (
     ARCHIVE_KEY,
     META_KEY,
@@ -93,7 +94,6 @@ TAG_KEY = "pgrunbook-retention"
 RULE_PREFIX = "pgrunbook-"
 EXPIRING = ("daily", "weekly", "monthly", "emergency")  # one rule each
 CLASSES = (*EXPIRING, "release", "pinned")  # release and pinned: no rule, kept for ever
-SLOT_KINDS = frozenset({"manual", "pre-migration"})  # kinds whose backups fill the slots
 ABORT_RULE = "abort-incomplete-uploads"
 LISTING_WAIT = 10.0  # seconds an upload waits, at its end, for its look at earlier backups
 _STAMP_LEN = 15  # YYYYMMDD_HHMMSS

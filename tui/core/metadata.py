@@ -17,13 +17,18 @@ META_SUFFIX = ".meta"
 ARCHIVE_SUFFIX = ".backup"
 REQUIRED = ("schema_version", "name", "kind", "created_at", "archive", "source", "tables")
 REQUIRED_ARCHIVE = ("file", "size_bytes", "sha256", "format", "compression")
-KINDS = ("manual", "pre-migration", "emergency", "release")
-DEFAULT_LABELS = {"manual": "manual", "pre-migration": "pre_migration",
+KINDS = ("manual", "scheduled", "pre-migration", "emergency", "release")
+DEFAULT_LABELS = {"manual": "manual", "scheduled": "scheduled", "pre-migration": "pre_migration",
                   "emergency": "emergency_pre_rollback"}
+# The kinds whose backups fill retention's daily, weekly and monthly slots (and S3's tags).
+SLOT_KINDS = frozenset({"manual", "scheduled", "pre-migration"})
 STAMP_RE = re.compile(r"^(\d{8}_\d{6})_(.+)$")
 
 
 class MetaError(Exception):
+    # `missing` tells the inventory "no sidecar at all" (a write that never finished, or a
+    # delete half done) from a damaged one.
+    missing: bool = False
     """The sidecar is missing, unreadable or incomplete; the message says which."""
 
 
@@ -35,7 +40,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MetaError("metadata missing") from None
+        error = MetaError("metadata missing")
+        error.missing = True
+        raise error from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MetaError(f"metadata unreadable ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tui.core import notify
 from tui.core.audit import AuditLog, AuditRecord
 from tui.core.errors import PgRunbookError
 from tui.core.events import Emit, OperationEnded, OperationStarted
@@ -22,6 +24,10 @@ from tui.core.settings import Settings
 
 # Settings whose values are secrets wherever they appear (a webhook URL is a credential).
 _SECRET_SETTING = re.compile(r"PASSWORD|SECRET|TOKEN|PASSPHRASE|WEBHOOK|_KEY$|PRIVATE", re.I)
+# Set while an operation runs: one opened inside it (a restore's safety backup, a drill's
+# restore) is nested, and does not post to the chat (its operator is right there).
+_INSIDE_OPERATION: contextvars.ContextVar[bool] = contextvars.ContextVar("inside_operation",
+                                                                         default=False)
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -75,8 +81,12 @@ def operation(settings: Settings, name: str, emit: Emit, *, arguments: Mapping[s
     record = audit.start(name, target=where, arguments=arguments, reason=reason, origin=origin)
     log = OperationLog(settings.backup_dir, name, emit, secrets_of(settings))
     op = Operation(name, record, log)
+    watch = None if _INSIDE_OPERATION.get() else notify.watch(settings, name, record.op_id,
+                                                               str(log.path))
+    failure: BaseException | None = None
     emit(OperationStarted(name, record.op_id, str(log.path)))
     result = "failed"
+    inside = _INSIDE_OPERATION.set(True)
     try:
         yield op
         result = op.verdict
@@ -87,15 +97,21 @@ def operation(settings: Settings, name: str, emit: Emit, *, arguments: Mapping[s
         record.finish("interrupted", op.interrupted_text, **op.end, log=str(log.path))
         raise
     except PgRunbookError as exc:
+        failure = exc
         log.write(f"FAILED: {exc}\n{exc.detail or ''}")
         record.finish("failed", str(exc), **op.end, log=str(log.path))
         exc.log_path = exc.log_path or str(log.path)
         raise
     except BaseException as exc:
+        failure = exc
         log.write(f"FAILED: {exc.__class__.__name__}: {exc}")
         record.finish("failed", f"{exc.__class__.__name__}: {exc}", **op.end,
                       log=str(log.path))
         raise
     finally:
+        with contextlib.suppress(ValueError):  # only if ended in another context (it is not)
+            _INSIDE_OPERATION.reset(inside)
         log.close()
         emit(OperationEnded(name, record.op_id, result))
+        if watch is not None:  # posts a failure (5 s at most) or clears it; never raises
+            watch.ended(op, result, failure)

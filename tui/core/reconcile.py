@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tui.core import notify
 from tui.core.audit import AuditLog, iso, utcnow
 from tui.core.errors import EXIT_FAILED
 from tui.core.jobs import (
@@ -128,6 +129,8 @@ def reconcile_job(job: Job) -> Outcome:
         outcome = Outcome(ABANDONED, EXIT_FAILED, error=error)
         journal = JournalWriter(job.journal_path)
         finish(job, journal, outcome, f"{message} {hint}")
+        # A dead backup or drill (a killed cron job) posts its failure; never raises.
+        notify.job_abandoned(job.backup_dir, trace.audit_ids, message, hint)
         return outcome
     finally:
         os.close(lock_fd)

@@ -32,8 +32,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from tui.core import inventory as inv
 from tui.core.errors import ConfigError
 from tui.core.inventory import BackupEntry
+from tui.core.metadata import SLOT_KINDS
 from tui.core.settings import Settings
 
 MAX_SETTING = 100_000  # the largest RETENTION_* value (days, weeks, months or hours)
@@ -90,17 +92,16 @@ class Policy:
 LOCAL, S3 = "local", "s3"
 BACKUP, PARTIAL, UPLOAD = "backup", "partial", "upload"
 
-# The inventory's problem texts (tui.core.inventory), by what they mean for retention. A problem
+# The inventory's problem codes (tui.core.inventory), by what they mean for retention. A problem
 # not named here makes a copy "damaged": kept, never counted.
-_NOT_A_PROBLEM = ("never uploaded to S3",)  # the 3-2-1 rule looks at that
+_NOT_A_PROBLEM = frozenset({inv.NOT_UPLOADED})  # the 3-2-1 rule looks at that
 # On a local+S3 entry; an incomplete S3 copy is kept (an upload may be finishing it, and
 # `pgrunbook upload` redoes it), never removed as remains.
-_S3_SIDE = ("S3 copy incomplete", "checksum differs between local and S3")
+_S3_SIDE = frozenset({inv.S3_NO_METADATA, inv.S3_CHECKSUM})
 # What a write or a delete that never finished leaves: removed once past the grace period.
-_REMAINS = ("metadata missing", "archive missing", "partial file", "incomplete upload",
-            "metadata.json without database.backup")
+_REMAINS = frozenset({inv.META_MISSING, inv.ARCHIVE_MISSING, inv.PARTIAL_FILE,
+                      inv.S3_ONLY_NO_METADATA, inv.S3_ONLY_NO_ARCHIVE})
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-SLOT_KINDS = frozenset({"manual", "pre-migration"})  # the kinds whose backups fill slots
 
 
 @dataclass(frozen=True)
@@ -205,9 +206,10 @@ def _sha_ok(meta: dict[str, Any] | None) -> bool:
 
 def _copies(entry: BackupEntry) -> list[_Copy]:
     """The copies an inventory entry stands for, each judged good or not."""
-    problems = [p for p in entry.problems if not p.startswith(_NOT_A_PROBLEM)]
-    s3_side = [p for p in problems if p.startswith(_S3_SIDE)]
-    local_side = [p for p in problems if not p.startswith(_S3_SIDE[0])]
+    problems = [(c, p) for c, p in zip(entry.problem_codes, entry.problems, strict=True)
+                if c not in _NOT_A_PROBLEM]
+    s3_side = [(c, p) for c, p in problems if c in _S3_SIDE]
+    local_side = [(c, p) for c, p in problems if c != inv.S3_NO_METADATA]
     if entry.location == "both":
         local = _judge(entry, LOCAL, local_side)
         if entry.meta is None:
@@ -218,10 +220,11 @@ def _copies(entry: BackupEntry) -> list[_Copy]:
     return [_judge(entry, entry.location if entry.location == S3 else LOCAL, problems)]
 
 
-def _judge(entry: BackupEntry, location: str, problems: list[str]) -> _Copy:
+def _judge(entry: BackupEntry, location: str, problems: list[tuple[str, str]]) -> _Copy:
+    """`problems`: (code, text) pairs from the inventory."""
     if problems:
-        remains = all(p.startswith(_REMAINS) for p in problems)
-        return _Copy(entry, location, "; ".join(problems), remains)
+        remains = all(c in _REMAINS for c, _ in problems)
+        return _Copy(entry, location, "; ".join(p for _, p in problems), remains)
     if entry.meta is None:
         return _Copy(entry, location, "no metadata")
     if not _sha_ok(entry.meta):
@@ -292,8 +295,8 @@ def _slots(good: list[BackupEntry], anchor: datetime,
 
 
 def _fills_slots(e: BackupEntry) -> bool:
-    """Manual and pre-migration backups fill the slots; release, pinned and emergency ones are
-    kept by rules of their own (as the S3 lifecycle tags them: tui.core.lifecycle)."""
+    """Manual, scheduled and pre-migration backups fill the slots; release, pinned and emergency
+    ones are kept by rules of their own (as the S3 lifecycle tags them: tui.core.lifecycle)."""
     return e.kind in SLOT_KINDS and not (e.meta or {}).get("pinned")
 
 

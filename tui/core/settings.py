@@ -133,12 +133,33 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "copies follow the same slots as S3."),
     SettingSpec("RETENTION_GRACE_HOURS", "24", "Retention: nothing younger than this is "
                 "deleted: backups, partial files, abandoned multipart uploads."),
+    SettingSpec("HEALTH_BACKUP_WARN_HOURS", "24", "Health: warn when the newest good backup "
+                "finished longer ago than this (the default equals the critical one: a daily "
+                "schedule has no warning band; set it lower for a more frequent one)."),
+    SettingSpec("HEALTH_BACKUP_CRIT_HOURS", "24", "Health: critical when the newest good "
+                "backup finished longer ago than this (the SOP's check: 24 hours)."),
+    SettingSpec("HEALTH_SIZE_LOW_RATIO", "0.5", "Health: warn when the newest backup of a kind "
+                "is smaller than this share of the median of the ones before it."),
+    SettingSpec("HEALTH_SIZE_HIGH_RATIO", "2", "Health: warn when it is larger than this many "
+                "times that median."),
+    SettingSpec("HEALTH_DURATION_HIGH_RATIO", "2", "Health: warn when the newest backup of a "
+                "kind took this many times the median duration (and a minute more)."),
+    SettingSpec("HEALTH_HISTORY", "7", "Health: how many earlier backups of the same kind the "
+                "size and duration medians are taken over (at least 3 are needed)."),
+    SettingSpec("HEALTH_DRILL_WARN_DAYS", "31", "Health: warn when the last passed drill is "
+                "older than this (the SOP: test restores monthly)."),
+    SettingSpec("HEALTH_DRILL_CRIT_DAYS", "62", "Health: critical when it is older than this."),
+    SettingSpec("HEALTH_FREE_SPACE_BACKUPS", "2", "Health: warn when BACKUP_DIR's disk has room "
+                "for fewer than this many backups like the newest (critical: not one)."),
     SettingSpec("RUNBOOK_DIR", None, "Directory with your own runbooks (*.toml), besides runbooks/."),
     SettingSpec("RUNBOOK_COMMAND_<NAME>", None,
                 "Command a runbook step runs by name (argv, split like a shell, never a shell)."),
     SettingSpec("HEALTH_URL", None, "URL the smoke-test step GETs; 2xx means healthy."),
-    SettingSpec("CHAT_WEBHOOK_URL", None, "Slack-compatible webhook the notify steps post to.",
+    SettingSpec("CHAT_WEBHOOK_URL", None, "Slack-compatible webhook the runbooks' notify steps "
+                "post to, and failed backups, failed drills and critical health checks.",
                 secret=True),
+    SettingSpec("NOTIFY_REPEAT_HOURS", "24", "Hours before the same failure is posted to "
+                "CHAT_WEBHOOK_URL again."),
     SettingSpec("BACKUP_S3_BUCKET", None, "S3 bucket for off-site copies; unset: local only."),
     SettingSpec("BACKUP_S3_PREFIX", "backups/", "Key prefix in the bucket."),
     SettingSpec("BACKUP_S3_SSE", "AES256", "Server-side encryption: AES256, aws:kms or none."),

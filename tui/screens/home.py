@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +14,9 @@ from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, ListItem, ListView, Static
 
-from tui.core.fmt import age, short_age, size
+from tui.core.fmt import short_age, size
+from tui.core.health import Report
 from tui.core.inventory import BackupEntry
-from tui.core.retention import LOCAL, Decision, Plan
-from tui.core.settings import Settings
 
 if TYPE_CHECKING:
     from tui.app import PgRunbookApp
@@ -35,108 +32,40 @@ def target_banner(app: PgRunbookApp) -> Static:
     return Static(f" target {t.name}  {t.host}:{t.port}/{t.dbname}{moved} ", id="banner")
 
 
-def s3_line(entries: list[BackupEntry], where: str | None, error: str | None) -> str:
-    """Off-site copies at a glance: off, unreachable, or how many are there and how many not."""
-    if where is None:
-        return "S3: [yellow]off[/] (no BACKUP_S3_BUCKET: no off-site copy)"
-    if error:
-        return f"S3: [b red]unreachable[/] ({where}): {error}"
-    there = sum(1 for e in entries if e.location in ("s3", "both"))
-    missing = sum(1 for e in entries if e.location == "local" and e.meta is not None)
-    text = f"S3: {where}, {there} backup(s) there"
-    return text + (f"; [b yellow]{missing} not uploaded[/] (pgrunbook upload NAME)"
-                   if missing else "")
-
-
-OVERDUE_AFTER = timedelta(days=1)  # a copy prune could have deleted this long ago is overdue
-DISK_LOW_SHARE = 0.10  # BACKUP_DIR's file system is filling below this share free...
-DISK_LOW_BACKUPS = 2  # ...or below this many times the newest backup's size
-
-
-def overdue_copies(now_plan: Plan, day_ago_plan: Plan) -> list[Decision]:
-    """The copies prune would delete now that it would already have deleted OVERDUE_AFTER ago
-    (the plan then, over the backups there were): a day past their expiry and still here."""
-    then = {(d.name, d.location) for d in day_ago_plan.deletions}
-    return [d for d in now_plan.deletions if (d.name, d.location) in then]
-
-
-def prune_line(overdue: Sequence[Decision]) -> str:
-    if not overdue:
-        return ""
-    n = len({d.name for d in overdue})
-    total = sum(d.size_bytes for d in overdue)
-    return (f"[b yellow]Prune overdue[/]: {n} backup{'' if n == 1 else 's'} ({size(total)}) "
-            "past the retention policy (press b, then p)")
-
-
-def disk_line(free: int, total: int, newest_bytes: int, freeable: int) -> str:
-    """The warning when BACKUP_DIR's file system is filling: less free than DISK_LOW_BACKUPS
-    times the newest backup, or than DISK_LOW_SHARE of the disk; else ""."""
-    if free >= DISK_LOW_BACKUPS * newest_bytes and free >= DISK_LOW_SHARE * total:
-        return ""
-    gain = f"prune would free {size(freeable)}" if freeable else "prune would free nothing"
-    return f"[b red]Disk filling[/]: {size(free)} free in BACKUP_DIR, {gain}"
+# How each state looks on the home screen; the words are the engine's (tui.core.health).
+_MARKS = {"OK": "[green]✔[/]", "WARNING": "[b yellow]![/]", "CRITICAL": "[b red]✖[/]",
+          "UNKNOWN": "[b magenta]?[/]"}
 
 
 def _disk_usage(path: Path) -> tuple[int, int] | None:
-    """(free, total) bytes of the file system BACKUP_DIR is (or will be) on."""
-    for where in (path, *path.parents):
-        try:
-            usage = shutil.disk_usage(where)
-        except OSError:
-            continue
-        return usage.free, usage.total
-    return None
+    """(free, total) bytes of BACKUP_DIR's file system (a seam for the snapshot tests)."""
+    from tui.core.health import disk_usage
+
+    return disk_usage(path)
 
 
-def retention_health(settings: Settings, entries: list[BackupEntry],
-                     now: datetime) -> list[str]:
-    """The health lines about retention: prune overdue, the disk filling, or a policy the
-    settings make impossible. Reads the disk and plans twice: for the inventory worker."""
-    from tui.screens.browser import retention_plan
+def health_report(app: PgRunbookApp, entries: list[BackupEntry]) -> Report:
+    """The same checks as `pgrunbook health`, over the inventory the screen already read.
+    Reads the audit trail's tail and the disk: for the inventory worker."""
+    from tui.core.health import evaluate, running_backup
 
-    found, error = retention_plan(settings, entries, now)
-    if found is None:
-        return [f"[b red]Retention policy[/]: {escape(error or '')}"]
-    cutoff = now - OVERDUE_AFTER
-    earlier, _ = retention_plan(settings, [e for e in entries if e.created_at is not None
-                                           and e.created_at <= cutoff], cutoff)
-    lines = [prune_line(overdue_copies(found, earlier))] if earlier is not None else []
-    usage = _disk_usage(settings.backup_dir)
-    if usage is not None:
-        newest = next((e for e in entries if e.complete), None)
-        lines.append(disk_line(*usage, (newest.size_bytes or 0) if newest else 0,
-                               found.freed_bytes(LOCAL)))
-    return [line for line in lines if line]
+    return evaluate(app.settings, entries, now=app.now(),
+                    s3_configured=app.s3_where() is not None, s3_error=app.s3_error,
+                    disk=_disk_usage, running_backup=running_backup(app.settings))
 
 
-def health_lines(entries: list[BackupEntry], now: datetime, s3: str | None = None,
-                 retention: Sequence[str] = ()) -> list[str]:
-    complete = [e for e in entries if e.complete]
-    lines = []
-    if not complete:
-        lines.append("[b red]No complete backup[/] — take one now.")
-    else:
-        newest = complete[0]
-        stale = newest.created_at is not None and now - newest.created_at > timedelta(hours=24)
-        mark = "[b red]over 24 hours old[/]" if stale else "[green]fresh[/]"
-        lines.append(f"Newest backup: {age(newest.created_at, now)} ({mark})")
+def health_lines(report: Report, entries: Sequence[BackupEntry]) -> list[str]:
+    """The checks as `pgrunbook health` words them, fitted to 80x24: every check that is not OK
+    in full, the worst first, and the newest backup's age whatever its state; the other OK
+    checks by name on one line; then the totals."""
+    shown = [c for c in report.checks if c.state.name != "OK" or c.id == "backup_age"]
+    shown.sort(key=lambda c: -c.state.rank)
+    lines = [f"{_MARKS[c.state.name]} {escape(c.line())}" for c in shown]
+    rest = [c.title.lower() for c in report.checks if c not in shown]
+    if rest:
+        lines.append(f"{_MARKS['OK']} {len(rest)} more OK: {', '.join(rest)}")
     total = sum(e.size_bytes or 0 for e in entries)
-    lines.append(f"Backups: {len(entries)}, {size(total)} in all")
-    drilled = [e for e in entries if (e.meta or {}).get("drill")]
-    if drilled:
-        d = drilled[0].meta["drill"]  # type: ignore[index]
-        from tui.core.inventory import _parse_time
-
-        lines.append(f"Last drill: {d.get('result')} {age(_parse_time(d.get('verified_at')), now)}")
-    else:
-        lines.append("Last drill: [yellow]never[/] — run the backup verification runbook")
-    if s3 is not None:
-        lines.append(s3)
-    lines.extend(retention)
-    problems = sum(1 for e in entries if e.problems)
-    if problems:
-        lines.append(f"[b yellow]{problems} backup(s) with problems[/] (press b)")
+    lines.append(f"Backups: {len(entries)}, {size(total)} in all (press b)")
     return lines
 
 
@@ -194,13 +123,13 @@ class HomeScreen(Screen[None]):
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         entries = app.inventory()
-        retention = retention_health(app.settings, entries, app.now())
+        report = health_report(app, entries)
         running = []
         for job in unfinished(app.settings.backup_dir):
             state = job.state()
             if job.alive(state):
                 running.append((job, state, describe_progress(job)))
-        app.call_from_thread(self._show, entries, retention)
+        app.call_from_thread(self._show, entries, report)
         app.call_from_thread(self._show_jobs, running)
 
     def _show_jobs(self, running: list[tuple[Any, Any, str]]) -> None:
@@ -217,7 +146,7 @@ class HomeScreen(Screen[None]):
             return
         self.app.push_screen(JobScreen(self._jobs_running[0][0]))
 
-    def _show(self, entries: list[BackupEntry], retention: Sequence[str] = ()) -> None:
+    def _show(self, entries: list[BackupEntry], report: Report) -> None:
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         now = app.now()
         table = self.query_one("#newest", DataTable)
@@ -225,8 +154,7 @@ class HomeScreen(Screen[None]):
         for e in entries[:6]:
             table.add_row(e.name[16:] or e.name, e.kind or "?", short_age(e.created_at, now),
                           size(e.size_bytes), key=e.name)
-        self.query_one("#health", Static).update("\n".join(health_lines(
-            entries, now, s3_line(entries, app.s3_where(), app.s3_error), retention)))
+        self.query_one("#health", Static).update("\n".join(health_lines(report, entries)))
 
     def on_screen_resume(self) -> None:
         self.refresh_data()
