@@ -11,6 +11,7 @@ condition unless --no-notify.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 from pathlib import Path
 
@@ -32,7 +33,17 @@ _MARK = {"OK": "ok", "WARNING": "WARNING", "CRITICAL": "CRITICAL", "UNKNOWN": "U
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     from tui.core.health import gather, notify_critical
 
-    report = gather(settings)
+    # A short process over thousands of metadata dicts that hold no cycles: the collector is
+    # off for its life, and what it allocated is frozen (skipped by the collection at exit).
+    # With 10,000 backups the collections cost about 0.1 s of the 1 s goal.
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        report = gather(settings)
+        gc.freeze()
+    finally:
+        if was:
+            gc.enable()
     if not args.no_notify:
         for check, outcome in notify_critical(settings, report):
             if outcome == "failed":
