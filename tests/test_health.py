@@ -76,7 +76,7 @@ def test_a_real_backup_and_drill_are_healthy_and_the_textfile_parses(workspace: 
     prom.parent.mkdir()
     code, lines, err = health(workspace, "--prometheus", str(prom))
     assert code == 0, "\n".join(lines) + err
-    assert lines[0] == "OK: pgrunbook health of testdb: 11 checks passed"
+    assert lines[0] == "OK: pgrunbook health of testdb: 12 checks passed"
     assert state_of(lines, "Newest backup") == "ok"
     assert "Last passed drill: " in check_line(lines, "Last passed drill")
     assert check_line(lines, "Drill results").endswith("1 of 1 passed in the last 365 days")
@@ -103,7 +103,7 @@ def test_a_real_backup_and_drill_are_healthy_and_the_textfile_parses(workspace: 
     # --json: the same checks.
     proc = workspace.run("health", "--json")
     data = json.loads(proc.stdout)
-    assert proc.returncode == 0 and data["state"] == "OK" and len(data["checks"]) == 11
+    assert proc.returncode == 0 and data["state"] == "OK" and len(data["checks"]) == 12
     assert {c["id"] for c in data["checks"]} >= {"backup_age", "backup_job", "s3", "drill_age"}
 
 
@@ -371,3 +371,29 @@ def test_a_textfile_that_cannot_be_written_is_unknown_and_the_checks_still_print
         assert why in lines[0] and why in err
         assert state_of(lines, "Newest backup") == "ok"  # the checks were made all the same
         assert not path.exists()
+
+
+def test_the_keys_of_encrypted_backups_are_checked(workspace: Workspace, tmp_path: Path) -> None:
+    old, new = tmp_path / "old.pass", tmp_path / "new.pass"
+    for path, text in ((old, "the old passphrase"), (new, "the new passphrase")):
+        path.write_text(text + "\n")
+        path.chmod(0o600)
+    workspace.write_env(BACKUP_ENCRYPTION="gpg", BACKUP_GPG_PASSPHRASE_FILE=str(old))
+    workspace.run("backup", check=True)
+    workspace.run("drill", "latest", check=True)
+    code, lines, _ = health(workspace)
+    line = check_line(lines, "Encryption keys")
+    assert code == 0 and line.startswith("ok ") and "new backups: gpg AES256, key " in line
+    # A rotation without the old passphrase: the newest backup cannot be read here any more.
+    workspace.write_env(BACKUP_ENCRYPTION="gpg", BACKUP_GPG_PASSPHRASE_FILE=str(new))
+    code, lines, _ = health(workspace)
+    line = check_line(lines, "Encryption keys")
+    assert code == 1 and line.startswith("WARNING ") and "is not on this host (gpg " in line
+    workspace.write_env(BACKUP_ENCRYPTION="gpg", BACKUP_GPG_PASSPHRASE_FILE=str(new),
+                        BACKUP_GPG_OLD_PASSPHRASE_FILES=str(old))
+    assert state_of(health(workspace)[1], "Encryption keys") == "ok"
+    # The next backup could not be encrypted: critical.
+    new.chmod(0o644)
+    code, lines, _ = health(workspace)
+    line = check_line(lines, "Encryption keys")
+    assert code == 2 and "the next backup cannot be encrypted: " in line and "chmod 600" in line

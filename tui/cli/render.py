@@ -397,9 +397,17 @@ def _print_list(entries: Sequence[Any], backup_dir: Path, verified: bool) -> Non
             drilled = f"{drill['result']} {_age(_parse_time(drill.get('verified_at')), now)}"
         rows.append([e.name, e.kind or "?", created, _age(e.created_at, now),
                      _size(e.size_bytes), e.location, drilled, "; ".join(e.problems) or "ok"])
+    headers = ["NAME", "KIND", "CREATED", "AGE", "SIZE", "WHERE", "DRILL", "STATUS"]
+    from tui.core.encryption import needed_key
+
+    keys = [needed_key(e.meta) for e in entries]
+    if any(keys):  # which key each backup needs, once any is encrypted
+        headers.insert(6, "KEY")
+        for row, key in zip(rows, keys, strict=True):
+            row.insert(6, key or "none")
     _out(f"Backups in {backup_dir} (newest first, times UTC"
          f"{', checksums verified' if verified else ''}):")
-    _out(_table(rows, ["NAME", "KIND", "CREATED", "AGE", "SIZE", "WHERE", "DRILL", "STATUS"]))
+    _out(_table(rows, headers))
     bad = sum(1 for e in entries if e.problems)
     if bad:
         _out(f"{bad} of {len(entries)} backups have problems.")

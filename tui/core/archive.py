@@ -9,8 +9,12 @@ import subprocess
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tui.core.errors import OperationFailed
+
+if TYPE_CHECKING:
+    from tui.core.encryption import Cipher
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CUSTOM_MAGIC = b"PGDMP"
@@ -78,13 +82,19 @@ class Toc:
 
 
 def container_of(path: Path) -> str:
-    """'custom' for a pg_dump custom-format file, 'zstd' for one wrapped in zstd."""
+    """'custom' for a pg_dump custom-format file, 'zstd' for one wrapped in zstd, 'gpg' or
+    'age' for one encrypted (what is inside, the metadata says: `archive.container`)."""
+    from tui.core.encryption import looks_encrypted
+
     with path.open("rb") as f:
-        head = f.read(8)
+        head = f.read(32)
     if head.startswith(CUSTOM_MAGIC):
         return "custom"
     if head.startswith(ZSTD_MAGIC):
         return "zstd"
+    encrypted = looks_encrypted(head)
+    if encrypted:
+        return encrypted
     if head[:1].isascii() and head[:2] in (b"--", b"\n-", b"SE", b"CR"):
         raise OperationFailed(
             f"{path.name} is a plain SQL dump, not an archive pgrunbook can restore.",
@@ -124,11 +134,21 @@ def parse_toc(text: str) -> Toc:
     return toc
 
 
-def read_toc(path: Path, pg_restore: Path, env: dict[str, str] | None = None) -> Toc:
-    """`pg_restore --list --verbose` of the archive as stored (decompressing a zstd container
-    on the fly): its header, its entries and what each depends on."""
+def read_toc(path: Path, pg_restore: Path, env: dict[str, str] | None = None,
+             cipher: Cipher | None = None, inner: str = "custom") -> Toc:
+    """`pg_restore --list --verbose` of the archive as stored (decrypted with `cipher` and
+    decompressed on the fly, in pipes: no plaintext is written): its header, its entries and
+    what each depends on. `inner`: the container inside an encrypted file (its metadata's)."""
     container = container_of(path)
-    if container == "custom":
+    if container in ("gpg", "age"):
+        if cipher is None:
+            from tui.core.encryption import KeyUnavailable
+
+            raise KeyUnavailable(f"{path.name} is encrypted ({container}) and no key was given "
+                                 "to read it.", "Restore it with pgrunbook, which picks the "
+                                 "key its metadata names.")
+        out, err, code = _read_encrypted_toc(path, pg_restore, env, cipher, inner)
+    elif container == "custom":
         proc = subprocess.run([str(pg_restore), "--list", "--verbose", str(path)],
                               capture_output=True, check=False, env=env)
         out, err, code = proc.stdout, proc.stderr, proc.returncode
@@ -165,3 +185,37 @@ def read_toc(path: Path, pg_restore: Path, env: dict[str, str] | None = None) ->
             detail=message,
         )
     return parse_toc(out.decode("utf-8", errors="replace"))
+
+
+def _read_encrypted_toc(path: Path, pg_restore: Path, env: dict[str, str] | None,
+                        cipher: Cipher, inner: str) -> tuple[bytes, bytes, int]:
+    """decrypt | [zstd -dc |] pg_restore --list --verbose; a decryption failure (a wrong key,
+    a damaged file) is reported as such, not as an unreadable archive."""
+    from tui.core.encryption import decrypted_stream
+
+    with decrypted_stream(cipher, path) as dec:
+        assert dec.stdout is not None and dec.stderr is not None
+        unzstd = None
+        source = dec.stdout
+        if inner == "zstd":
+            unzstd = subprocess.Popen(["zstd", "-dcq"], stdin=dec.stdout, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL)
+            assert unzstd.stdout is not None
+            source = unzstd.stdout
+        dec.stdout.close()  # the reader downstream holds it now
+        proc = subprocess.run([str(pg_restore), "--list", "--verbose"], stdin=source,
+                              capture_output=True, check=False, env=env)
+        if unzstd is not None:
+            source.close()
+            unzstd.kill()
+            unzstd.wait()
+        if proc.returncode != 0:
+            dec.wait()
+            why = dec.stderr.read().decode(errors="replace").strip()
+            if dec.returncode not in (0, None, -9, -13) and why:
+                raise OperationFailed(
+                    f"{path.name} could not be decrypted ({cipher.method}): "
+                    f"{why.splitlines()[0]}",
+                    "The file is damaged, or encrypted with another key; use another backup.",
+                    detail=why)
+    return proc.stdout, proc.stderr, proc.returncode

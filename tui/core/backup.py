@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 import tui
+from tui.core import encryption
 from tui.core.appstate import FORMAT as APP_STATE_FORMAT
 from tui.core.appstate import collect_for_backup
 from tui.core.archive import Toc, read_toc
@@ -494,6 +495,8 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         raise OperationFailed(f"a backup named {name} already exists.",
                               "Give the backup another name.")
     started = time.monotonic()
+    # The key is read before anything runs: a backup that cannot be encrypted never starts.
+    cipher = encryption.for_backup(settings)
     s3 = s3_config(settings) if request.upload else None
     # The S3 client is made while the database is checked, before the dump needs the CPUs.
     s3_client = s3.client_soon() if s3 is not None else None
@@ -544,7 +547,8 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         # connection of their own beside pg_dump (60 ms before it, on 3,000 tables).
         app_task = asyncio.ensure_future(asyncio.to_thread(
             _app_state, settings, snapshot, db_size is None))
-        emit(PhaseStarted("dumping", f"pg_dump {pg_dump.version}, {plan.description}"))
+        emit(PhaseStarted("dumping", f"pg_dump {pg_dump.version}, {plan.description}"
+                                     + (f", encrypted ({cipher.describe()})" if cipher else "")))
         upload_box: list[StreamUpload] = []
         with libpq_env(target, settings) as env:
             # The cluster's roles, beside the dump (pg_dumpall is quick; not transactional).
@@ -553,6 +557,7 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
                 size, sha256, toc, counts = await _dump(
                     settings, request, pg_dump, pg_restore, plan, snapshot, env, conn, tables,
                     final, expected, emit, s3, name[:15], upload_box, s3_client, locks=locks,
+                    cipher=cipher,
                 )
             finally:
                 roles_sql, roles_note = await asyncio.shield(roles_task)
@@ -589,6 +594,7 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
             "compressed_by": "pg_dump" if plan.container == "custom" else "zstd program",
             **({"compression_fallback": plan.fallback} if plan.fallback else {}),
             "archive_version": toc.archive_version,
+            **({"encryption": cipher.meta()} if cipher else {}),
         },
         "source": target.public(),
         "server_version": version_text,
@@ -693,6 +699,7 @@ async def _dump(
     s3_client: Future[Any] | None = None,
     *,
     locks: LockTable,
+    cipher: encryption.Cipher | None = None,
 ) -> tuple[int, str, Toc, dict[int, int]]:
     argv = [str(pg_dump.path), "--format=custom", "--no-password", f"--snapshot={snapshot}",
             f"--dbname={settings.target.dbname}"]
@@ -710,8 +717,11 @@ async def _dump(
     # Held while writing: the inventory tells an abandoned partial file from a live one by it.
     fcntl.flock(fd, fcntl.LOCK_EX)
     procs: list[asyncio.subprocess.Process] = []
+    names: list[str] = []  # each process's tool, in pipeline order
     pgid: int | None = None
-    tails: dict[str, deque[str]] = {"pg_dump": deque(maxlen=200), "zstd": deque(maxlen=20)}
+    tails: dict[str, deque[str]] = {"pg_dump": deque(maxlen=200), "zstd": deque(maxlen=20),
+                                    "cipher": deque(maxlen=20)}
+    step = encryption.encrypt_step(cipher) if cipher is not None else None
     written = 0
     count_task: asyncio.Task[dict[int, int]] | None = None
     counter = _SnapshotCounter(settings, snapshot, locks)
@@ -719,37 +729,48 @@ async def _dump(
     try:
         # The children write the temp file directly (one copy, no relay through Python); it
         # is hashed once it is complete and fsynced, so the checksum covers the bytes as stored.
-        if plan.method == "zstd":
-            mid_r, mid_w = os.pipe()
-            _grow_pipe(mid_r)
-            try:
-                dump = await asyncio.create_subprocess_exec(
-                    *argv, stdout=mid_w, stderr=asyncio.subprocess.PIPE, env=env,
-                    stdin=asyncio.subprocess.DEVNULL, process_group=0)
-                pgid = dump.pid
-                procs.append(dump)
-                zstd = await asyncio.create_subprocess_exec(
-                    "zstd", f"-{plan.level}", "-q", "-c", stdin=mid_r, stdout=fd,
-                    stderr=asyncio.subprocess.PIPE, process_group=pgid)
-                procs.append(zstd)
-            finally:
-                os.close(mid_r)
-                os.close(mid_w)
-        else:
+        # With encryption the cipher is the last process, the only one that writes the file:
+        # pg_dump | zstd | gpg (or age) > temp file.
+        stages = (["zstd"] if plan.method == "zstd" else []) + (["cipher"] if step else [])
+        pipes = [os.pipe() for _ in stages]
+        for r, _w in pipes:
+            _grow_pipe(r)
+        try:
             dump = await asyncio.create_subprocess_exec(
-                *argv, stdout=fd, stderr=asyncio.subprocess.PIPE, env=env,
-                stdin=asyncio.subprocess.DEVNULL, process_group=0)
+                *argv, stdout=pipes[0][1] if pipes else fd, stderr=asyncio.subprocess.PIPE,
+                env=env, stdin=asyncio.subprocess.DEVNULL, process_group=0)
             pgid = dump.pid
             procs.append(dump)
+            names.append("pg_dump")
+            for i, stage in enumerate(stages):
+                out = pipes[i + 1][1] if i + 1 < len(pipes) else fd
+                if stage == "zstd":
+                    proc = await asyncio.create_subprocess_exec(
+                        "zstd", f"-{plan.level}", "-q", "-c", stdin=pipes[i][0], stdout=out,
+                        stderr=asyncio.subprocess.PIPE, process_group=pgid)
+                else:
+                    assert step is not None
+                    proc = await asyncio.create_subprocess_exec(
+                        *step.argv, stdin=pipes[i][0], stdout=out,
+                        stderr=asyncio.subprocess.PIPE, process_group=pgid,
+                        pass_fds=step.pass_fds())
+                    step.close()  # the passphrase's pipe is the child's alone now
+                procs.append(proc)
+                names.append(stage)
+        finally:
+            for r, w in pipes:
+                os.close(r)
+                os.close(w)
 
         async def drain(tool: str, proc: asyncio.subprocess.Process) -> None:
             assert proc.stderr is not None
             async for raw in proc.stderr:
                 line = raw.decode("utf-8", errors="replace").rstrip()
                 tails[tool].append(line)
-                emit(ToolOutput(tool, line))
+                emit(ToolOutput("gpg" if tool == "cipher" and cipher and cipher.method == "gpg"
+                                else "age" if tool == "cipher" else tool, line))
 
-        drains = [asyncio.create_task(drain(t, p)) for t, p in zip(tails, procs, strict=False)]
+        drains = [asyncio.create_task(drain(t, p)) for t, p in zip(names, procs, strict=True)]
         count_task = asyncio.create_task(asyncio.to_thread(counter.count, tables))
         if s3 is not None and upload_box is not None:
             # The off-site copy follows the file while it is written (multipart, in parts).
@@ -773,21 +794,31 @@ async def _dump(
             rate = written / elapsed if elapsed > 0 else 0.0
             eta = (max(expected - written, 0) / rate) if expected and rate > 0 else None
             emit(DumpProgress(written, elapsed, rate, expected, eta))
-        codes = list(waits.result())
+        codes = dict(zip(names, waits.result(), strict=True))
         await asyncio.gather(*drains)
-        # The archive's writer (zstd, or pg_dump itself) hit the file-size limit or a full disk.
-        writer_text = "\n".join(tails["zstd" if len(codes) > 1 else "pg_dump"])
-        if codes[-1] == -signal.SIGXFSZ or re.search(
+        # The archive's writer (the cipher, zstd, or pg_dump itself) hit the file-size limit
+        # or a full disk.
+        writer_text = "\n".join(tails[names[-1]])
+        if codes[names[-1]] == -signal.SIGXFSZ or re.search(
                 r"No space left|File too large|quota exceeded", writer_text, re.I):
-            err = errno.EFBIG if codes[-1] == -signal.SIGXFSZ else errno.ENOSPC
+            err = errno.EFBIG if codes[names[-1]] == -signal.SIGXFSZ else errno.ENOSPC
             raise _write_error(OSError(err, os.strerror(err)), tmp, os.fstat(fd).st_size)
-        if codes[0] != 0:
-            raise _dump_error("\n".join(tails["pg_dump"]), settings, pg_dump, codes[0],
+        if codes.get("cipher", 0) != 0:  # before pg_dump's: its broken pipe follows from it
+            assert cipher is not None
+            cipher_text = " ".join(tails["cipher"])
+            raise OperationFailed(
+                f"{cipher.method} failed (exit {codes['cipher']}): {cipher_text or 'no message'}",
+                "Nothing was kept. Check the encryption settings (BACKUP_ENCRYPTION and its "
+                "key) and that " + ("gpg works (gpg --version)." if cipher.method == "gpg"
+                                    else "pyrage is installed."),
+            )
+        if codes["pg_dump"] != 0:
+            raise _dump_error("\n".join(tails["pg_dump"]), settings, pg_dump, codes["pg_dump"],
                               locks, len(tables))
-        if len(codes) > 1 and codes[1] != 0:
+        if codes.get("zstd", 0) != 0:
             zstd_text = " ".join(tails["zstd"])
             raise OperationFailed(
-                f"zstd failed (exit {codes[1]}): {zstd_text or 'no message'}",
+                f"zstd failed (exit {codes['zstd']}): {zstd_text or 'no message'}",
                 "Check the disk and that zstd works (zstd --version).",
             )
         written = os.fstat(fd).st_size
@@ -807,7 +838,8 @@ async def _dump(
         # Both are awaited to their end before either's failure is raised: the file descriptor
         # the checksum reads is closed on the way out.
         both = await asyncio.gather(asyncio.to_thread(_sha256_fd, fd, written),
-                                    asyncio.to_thread(read_toc, tmp, pg_restore.path, env),
+                                    asyncio.to_thread(read_toc, tmp, pg_restore.path, env,
+                                                      cipher, plan.container),
                                     return_exceptions=True)
         for outcome in both:
             if isinstance(outcome, BaseException):
@@ -820,7 +852,7 @@ async def _dump(
         counts = {oid: n for oid, n in counts.items() if oid in in_archive}
         missing = in_archive - counts.keys()
         if missing:
-            names = dict(
+            by_oid = dict(
                 (int(r[0]), (str(r[1]), str(r[2])))
                 for r in conn.execute(
                     "SELECT c.oid::int8, n.nspname, c.relname FROM pg_class c"
@@ -828,7 +860,7 @@ async def _dump(
                     [sorted(missing)],
                 ).fetchall()
             )
-            extra = [(o, *names[o]) for o in sorted(missing) if o in names]
+            extra = [(o, *by_oid[o]) for o in sorted(missing) if o in by_oid]
             tables.extend(extra)
             counts.update(await asyncio.to_thread(counter.count, extra))
         try:
@@ -867,6 +899,8 @@ async def _dump(
                 fsync_dir(tmp.parent)
         await asyncio.to_thread(counter.close)
         os.close(fd)
+        if step is not None:
+            step.cleanup()
 
 
 def interrupted_error() -> Interrupted:

@@ -535,6 +535,42 @@ def _grace(settings: Settings) -> timedelta:
         return timedelta(hours=24)
 
 
+KEY_CHECKED = 3  # the newest good backups whose key must be on this host
+
+
+def _check_keys(ctx: _Context) -> Check:
+    """The key of the next backup can be read, and the keys of the newest backups are here:
+    an encrypted backup whose key is lost is no backup (a drill proves it end to end)."""
+    from tui.core import encryption
+
+    title = "Encryption keys"
+    try:
+        method = encryption.method_of(ctx.settings)
+        cipher = encryption.for_backup(ctx.settings)
+        keys = encryption.available_keys(ctx.settings)
+    except PgRunbookError as exc:
+        return Check("keys", title, State.CRITICAL, f"the next backup cannot be encrypted: "
+                     f"{exc.message}", exc.hint or "fix the BACKUP_ENCRYPTION settings",
+                     cause=exc.message)
+    encrypted = [e for e in ctx.good if encryption.encryption_of(e.meta)][:KEY_CHECKED]
+    lost = [e for e in encrypted if not encryption.decryptable(e.meta, keys)]
+    if lost:
+        needs = sorted({encryption.needed_key(e.meta) or "?" for e in lost})
+        return Check("keys", title, State.WARNING,
+                     f"the key of {_names(lost)} is not on this host ({', '.join(needs)})",
+                     "set BACKUP_GPG_PASSPHRASE_FILE / BACKUP_GPG_OLD_PASSPHRASE_FILES or "
+                     "BACKUP_AGE_IDENTITY_FILE where restores run, then prove it: pgrunbook "
+                     "drill latest", cause=" ".join(needs))
+    if method == "none":
+        return Check("keys", title, State.OK, "backups are not encrypted (BACKUP_ENCRYPTION="
+                     "none)" + (f"; {len(encrypted)} older encrypted ones readable"
+                                if encrypted else ""))
+    what = cipher.describe() if cipher else method
+    return Check("keys", title, State.OK, f"new backups: {what}; the keys of the newest "
+                 f"{len(encrypted)} encrypted backup(s) are here" if encrypted
+                 else f"new backups: {what}")
+
+
 def _check_metadata(ctx: _Context) -> Check:
     title = "Metadata"
     bad = [e for e in ctx.entries if _INCOMPLETE.intersection(e.problem_codes)]
@@ -743,8 +779,8 @@ def evaluate(settings: Settings, entries: Sequence[BackupEntry], *,
     retention, space = _check_retention_and_space(ctx)
     checks = [
         _check_backup_age(ctx), _check_last_job(ctx), size_check, duration_check,
-        _check_s3(ctx), _check_metadata(ctx), drill_age, drill_results, retention, space,
-        _check_settings(ctx, problems),
+        _check_s3(ctx), _check_metadata(ctx), _check_keys(ctx), drill_age, drill_results,
+        retention, space, _check_settings(ctx, problems),
     ]
     t = settings.target
     return Report(t.name, f"{t.host}:{t.port}/{t.dbname}", now, checks, ctx.facts)

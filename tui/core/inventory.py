@@ -68,6 +68,8 @@ class BackupEntry:
         return self.meta is not None and not self.problems
 
     def as_json(self) -> dict[str, Any]:
+        from tui.core.encryption import needed_key
+
         drill = (self.meta or {}).get("drill") or {}
         return {
             "name": self.name,
@@ -79,6 +81,7 @@ class BackupEntry:
             "sha256": self.sha256,
             "reason": (self.meta or {}).get("reason"),
             "drill": drill or None,
+            "encryption": needed_key(self.meta),
             "location": self.location,
             "s3_key": self.s3_key,
             "problems": list(self.problems),

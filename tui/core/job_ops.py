@@ -168,7 +168,29 @@ async def _upload(settings: Settings, request: Any, emit: Emit) -> Any:
 async def _download(settings: Settings, request: Any, emit: Emit) -> Any:
     from tui.core.restore import resolve_backup
 
-    return await asyncio.to_thread(resolve_backup, settings, request.backup, emit)
+    entry = await asyncio.to_thread(resolve_backup, settings, request.backup, emit)
+    await asyncio.to_thread(_prove_key, settings, entry, emit)
+    return entry
+
+
+def _prove_key(settings: Settings, entry: Any, emit: Emit) -> None:
+    """An encrypted backup fetched: its table of contents read through its key (decrypted in a
+    pipe), or a warning that the key is not on this host (the copy is good all the same)."""
+    from tui.core import encryption
+    from tui.core.events import Notice
+    from tui.core.restore.source import check_archive
+
+    if encryption.encryption_of(entry.meta) is None:
+        return
+    try:
+        cipher = encryption.for_restore(settings, entry.name, entry.meta)
+    except encryption.KeyUnavailable as exc:
+        emit(Notice("warning", f"{exc.message} It cannot be restored from this host."))
+        return
+    assert cipher is not None  # encrypted: for_restore found its key
+    _tool, toc = check_archive(settings, entry, emit, cipher)
+    emit(Notice("info", f"decrypted with {cipher.describe()}: {len(toc.entries)} entries in "
+                        "its table of contents"))
 
 
 def _ok(_result: Any) -> tuple[str, int]:

@@ -39,8 +39,10 @@ def secrets_of(settings: Settings) -> list[str]:
     found = [settings.target.password.reveal()] if settings.target.password is not None else []
     for key, value in settings.values.items():
         spec = spec_for(key)
-        if value and len(value) >= 4 and ((spec is not None and spec.secret)
-                                          or _SECRET_SETTING.search(key)):
+        # The registry decides for the settings it declares (BACKUP_GPG_PASSPHRASE_FILE is a
+        # path, not a secret); any other variable named like a secret is one.
+        if value and len(value) >= 4 and (spec.secret if spec is not None
+                                          else bool(_SECRET_SETTING.search(key))):
             found.append(value)
     return sorted(set(found), key=len, reverse=True)
 

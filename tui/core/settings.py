@@ -102,6 +102,21 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "zstd:3",
         "Archive compression: zstd:LEVEL (default), gzip:LEVEL (pg_dump's own), or none.",
     ),
+    SettingSpec("BACKUP_ENCRYPTION", "none", "Encrypt backups before they touch the disk: none, "
+                "gpg (symmetric AES256, the SOP's) or age (to public keys)."),
+    SettingSpec("BACKUP_GPG_PASSPHRASE_FILE", None, "gpg: file (0600) whose first line is the "
+                "passphrase."),
+    SettingSpec("BACKUP_GPG_PASSPHRASE_COMMAND", None, "gpg: command (argv, no shell) that "
+                "prints the passphrase, instead of the file."),
+    SettingSpec("BACKUP_GPG_OLD_PASSPHRASE_FILES", None, "gpg: comma-separated 0600 files of "
+                "earlier passphrases, to read backups taken before a rotation."),
+    SettingSpec("BACKUP_AGE_RECIPIENTS", None, "age: public keys (age1...) backups are "
+                "encrypted to, comma- or space-separated."),
+    SettingSpec("BACKUP_AGE_RECIPIENTS_FILE", None, "age: file of public keys, one per line."),
+    SettingSpec("BACKUP_AGE_IDENTITY_FILE", None, "age: file (0600) of AGE-SECRET-KEY lines that "
+                "decrypt backups (restore, drill); one per recipient you hold."),
+    SettingSpec("BACKUP_AGE_IDENTITY_COMMAND", None, "age: command (argv, no shell) that prints "
+                "the identities, instead of the file."),
     SettingSpec(
         "PG_BIN_DIR",
         None,

@@ -114,6 +114,8 @@ def retention_lines(p: Plan | None, error: str | None, e: BackupEntry) -> list[s
 
 
 def detail_text(e: BackupEntry, retention: Sequence[str] = ()) -> str:
+    from tui.core.encryption import needed_key
+
     if e.meta is None:
         return "\n".join([escape(e.name), *retention, ""]) + "\n" + (
             escape("\n".join(e.problems)) or "no metadata")
@@ -125,6 +127,7 @@ def detail_text(e: BackupEntry, retention: Sequence[str] = ()) -> str:
              f"{m.get('source', {}).get('database')}  PostgreSQL {m.get('server_version')}",
              f"sha256: {m.get('archive', {}).get('sha256', '')[:32]}…",
              f"compression: {m.get('archive', {}).get('compression')}",
+             f"encryption: {escape(needed_key(m) or 'none')}",
              f"location: {e.location}" + (f"  s3: {e.s3_key}" if e.s3_key else ""),
              f"problems: {'; '.join(e.problems) or 'none'}", "", "[b]rows per table[/b]"]
     for t in m.get("tables", [])[:200]:

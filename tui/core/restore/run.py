@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tui.core import encryption
 from tui.core.archive import Toc, TocEntry
 from tui.core.events import (
     Emit,
@@ -129,12 +130,15 @@ async def _run_restore(settings: Settings, request: RestoreRequest, emit: Emit,
     entry = await asyncio.to_thread(resolve_backup, settings, request.backup, emit)
     state["backup"] = entry.name
     check_metadata(entry)
-    unpacker = Unpacker(settings, entry)
+    # An encrypted backup's key is found (or refused, naming the key it needs) before anything
+    # reads the archive or touches the target.
+    cipher = await asyncio.to_thread(encryption.for_restore, settings, entry.name, entry.meta)
+    unpacker = Unpacker(settings, entry, cipher)
     try:
-        # Decompression starts beside the checksum on the other core; its output is used only
-        # once the checksum has passed, and removed whatever happens.
+        # Decompression (and decryption) starts beside the checksum on the other core; its
+        # output is used only once the checksum has passed, and removed whatever happens.
         await unpacker.start(emit)
-        pg_restore, toc = await asyncio.to_thread(check_archive, settings, entry, emit)
+        pg_restore, toc = await asyncio.to_thread(check_archive, settings, entry, emit, cipher)
         return await _restore_checked(settings, request, emit, ask, state, entry, pg_restore,
                                       toc, unpacker, started)
     finally:

@@ -13,10 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from tui.core.archive import Toc, read_toc
+from tui.core.encryption import Cipher
 from tui.core.errors import ConfigError, OperationFailed
 from tui.core.events import Emit, Notice, PhaseStarted, Progress, ignore
 from tui.core.fsutil import atomic_write_bytes, ensure_private_dir, publish, temp_path_for
-from tui.core.inventory import HASH_CHUNK, BackupEntry, list_backups, load_entry, sha256_file
+from tui.core.inventory import (
+    ARCHIVE_MISSING,
+    HASH_CHUNK,
+    BackupEntry,
+    list_backups,
+    load_entry,
+    sha256_file,
+)
 from tui.core.metadata import ARCHIVE_SUFFIX, meta_path_for, write_meta
 from tui.core.operation import operation
 from tui.core.pgtools import PgTool, find_tool
@@ -174,14 +182,15 @@ def sha256_matches(entry: BackupEntry, emit: Emit = ignore) -> bool:
 
 def check_metadata(entry: BackupEntry) -> None:
     """A backup is restorable only with complete metadata (its checksum) and its archive."""
-    if entry.meta is None or "archive missing" in entry.problems:
+    if entry.meta is None or ARCHIVE_MISSING in entry.problem_codes:
         raise OperationFailed(
             f"backup {entry.name} cannot be restored: {'; '.join(entry.problems)}.",
             "A backup without complete metadata has no checksum to trust; choose another.",
         )
 
 
-def check_archive(settings: Settings, entry: BackupEntry, emit: Emit) -> tuple[PgTool, Toc]:
+def check_archive(settings: Settings, entry: BackupEntry, emit: Emit,
+                  cipher: Cipher | None = None) -> tuple[PgTool, Toc]:
     """Steps 1 and 2 for a backup that passed `check_metadata`: checksum, readable table of
     contents, a pg_restore new enough."""
     assert entry.meta is not None
@@ -196,7 +205,8 @@ def check_archive(settings: Settings, entry: BackupEntry, emit: Emit) -> tuple[P
     pg_restore = find_tool("pg_restore", settings, need,
                            f"the archive {entry.name} (made by pg_dump {dumped_by})")
     emit(PhaseStarted("reading archive", f"pg_restore {pg_restore.version} --list"))
-    toc = read_toc(entry.path, pg_restore.path)
+    inner = str((entry.meta.get("archive") or {}).get("container") or "custom")
+    toc = read_toc(entry.path, pg_restore.path, cipher=cipher, inner=inner)
     return pg_restore, toc
 
 
