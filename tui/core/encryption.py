@@ -75,6 +75,10 @@ class Cipher:
     key_id: str  # gpg: the passphrase's id; age: the recipients, comma-separated
     recipients: tuple[str, ...] = ()  # age
     secret: KeyMaterial | None = None  # gpg's passphrase (encrypt and decrypt); age's identities
+    # age, backing up: a recipient made for this backup alone, whose identity (`secret`) lets
+    # the backup read its own table of contents back without the operator's identity on the
+    # host; it is forgotten with the process and named nowhere.
+    read_back: str | None = None
 
     def describe(self) -> str:
         if self.method == "gpg":
@@ -217,15 +221,18 @@ def identity_lines(secret: KeyMaterial) -> list[str]:
             if line.strip().startswith("AGE-SECRET-KEY-")]
 
 
-def public_keys(secret: KeyMaterial) -> set[str]:
-    """The public keys (recipients) of the identities in `secret`."""
+def _public_of(identity_line: str) -> str | None:
     from pyrage import x25519
 
-    keys = set()
-    for line in identity_lines(secret):
-        with contextlib.suppress(Exception):
-            keys.add(str(x25519.Identity.from_str(line).to_public()))
-    return keys
+    try:
+        return str(x25519.Identity.from_str(identity_line).to_public())
+    except Exception:  # not an identity pyrage reads: it decrypts nothing
+        return None
+
+
+def public_keys(secret: KeyMaterial) -> set[str]:
+    """The public keys (recipients) of the identities in `secret`."""
+    return {key for line in identity_lines(secret) if (key := _public_of(line)) is not None}
 
 
 # -- choosing the cipher -----------------------------------------------------------------------
@@ -251,7 +258,12 @@ def for_backup(settings: Settings) -> Cipher | None:
         raise ConfigError("BACKUP_ENCRYPTION=age needs at least one recipient.",
                           "Set BACKUP_AGE_RECIPIENTS (age1... public keys) or "
                           "BACKUP_AGE_RECIPIENTS_FILE.")
-    return Cipher("age", ",".join(recipients), recipients=recipients)
+    from pyrage import x25519
+
+    once = x25519.Identity.generate()
+    return Cipher("age", ",".join(recipients), recipients=recipients,
+                  secret=KeyMaterial(str(once).encode(), "a key made for this backup's check"),
+                  read_back=str(once.to_public()))
 
 
 def encryption_of(meta: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -295,8 +307,13 @@ def for_restore(settings: Settings, name: str, meta: dict[str, Any] | None) -> C
             "BACKUP_GPG_OLD_PASSPHRASE_FILES after a rotation. Nothing was changed.")
     recipients = tuple(str(r) for r in enc.get("recipients") or ())
     identities = _identities(settings)
-    if identities is not None and public_keys(identities) & set(recipients):
-        return Cipher("age", ",".join(recipients), recipients=recipients, secret=identities)
+    mine = public_keys(identities) & set(recipients) if identities is not None else set()
+    if identities is not None and mine:
+        # Only the identities this backup was encrypted to go to the age process.
+        wanted = [line for line in identity_lines(identities)
+                  if _public_of(line) in mine]
+        return Cipher("age", ",".join(recipients), recipients=recipients,
+                      secret=KeyMaterial("\n".join(wanted).encode(), identities.source))
     where = identities.source if identities else "no BACKUP_AGE_IDENTITY_FILE is set"
     raise KeyUnavailable(
         f"backup {name} is encrypted with age to {', '.join(_short(r) for r in recipients)}, "
@@ -377,7 +394,9 @@ def encrypt_step(cipher: Cipher) -> Step:
         home = _gpg_home()
         return Step(["gpg", "--homedir", str(home), *_GPG_BASE, *_GPG_ENCRYPT,
                      "--passphrase-fd", str(fd), "--output", "-"], None, home, fd)
-    return Step([sys.executable, "-m", "tui.core.agepipe", "encrypt", *cipher.recipients], None)
+    extra = (cipher.read_back,) if cipher.read_back else ()
+    return Step([sys.executable, "-m", "tui.core.agepipe", "encrypt", *cipher.recipients,
+                 *extra], None)
 
 
 def decrypt_step(cipher: Cipher) -> Step:
