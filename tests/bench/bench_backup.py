@@ -5,6 +5,7 @@ A plain script, not a pytest test:
 
     .venv/bin/python tests/bench/bench_backup.py [--scale N] [--repeat N] [--keep-going]
                                                  [--json OUT] [--diagnose | --no-diagnose]
+                                                 [--no-encryption]
 
 It starts a throwaway PostgreSQL (the engine's own `ThrowawayCluster`), loads `pgbench -i -s N`
 plus two jsonb tables sized in proportion to N (the default N gives a database of more than
@@ -14,7 +15,11 @@ plus two jsonb tables sized in proportion to N (the default N gives a database o
     sop    pg_dump -Fc -Z9 -f FILE               (the SOP's command)
     bare   pg_dump -Fc -Z0 | zstd -3 -q -c > FILE
     tool   pgrunbook --env-file ENV backup bench
-    (bare and tool run twice each, alternating: bare, tool, bare, tool; --repeat N for more)
+    gpg    the same, ENV plus BACKUP_ENCRYPTION=gpg and BACKUP_GPG_PASSPHRASE_FILE
+    age    the same, ENV plus BACKUP_ENCRYPTION=age and BACKUP_AGE_RECIPIENTS (a new key pair)
+    (rounds of bare, then tool, gpg and age in an order rotating from round to round:
+    round 1 tool, gpg, age; round 2 gpg, age, tool; ...; --repeat N rounds. --no-encryption
+    leaves gpg and age out: bare, tool, bare, tool, ... as before)
 
 Each variant is timed with time.perf_counter (wall clock) from the first spawn to the last exit.
 Before each measured variant the script runs sync(2), so that write-back of the previous
@@ -33,7 +38,22 @@ Peak RSS: for every process the script waits for with wait4(2) and, independentl
     old mm's high-water mark across exec). So it is an upper bound, not the process's own
     peak: for pg_dump and zstd it mostly shows this script's own ~40 MB.
 The goal "peak RSS < 100 MB" is checked on VmHWM of the pgrunbook Python process.
+(pgrunbook runs the backup in a job it forks: that process, which runs pg_dump and zstd, is
+not in the VmHWM above, only in wait4's bound.) With the encrypted variants, one more untimed
+run of each of tool, gpg and age measures the whole process tree: every 20 ms the script finds
+all descendants of the pgrunbook process (the children of each of its threads, recursively:
+the job, pg_dump, zstd, gpg or the age process, pg_restore --list, ...) and sums their PSS
+(/proc/PID/smaps_rollup; a page shared by n processes counts 1/n in each); the peak of that
+sum ("tree PSS") is the memory the whole backup held at one moment. Reading PSS costs about
+1 ms of CPU per Python process, which is why the timed runs do not do it.
 MB means 10^6 bytes everywhere in the output.
+
+Encryption goals (issue 14), per method: the median over rounds of (encrypted pgrunbook time /
+unencrypted pgrunbook time of the same round) <= 1.10, and the encrypted backup's tree PSS
+< 100 MB. The key material (a random passphrase; an age identity) is written 0600 into the
+work directory; each encrypted archive is checked, untimed, to start like its cipher's output
+(`age-encryption.org/v1`, or an OpenPGP symmetric-key session key packet, 0x8c) and to have
+metadata `archive.encryption` naming the method and the benchmark's key.
 
 When the goal "tool time / bare time <= 1.05" fails (or with --diagnose), extra variants
 measure where the difference goes: bare + fsync, bare + a Python relay (read 1 MiB chunks,
@@ -49,10 +69,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -85,6 +107,12 @@ GOAL_SPEEDUP = 3.5
 GOAL_SIZE_RATIO = 1.0
 GOAL_TIME_RATIO = 1.05
 GOAL_RSS_MB = 100.0
+GOAL_ENCRYPTED_TIME_RATIO = 1.10
+ENCRYPTION_METHODS = ("gpg", "age")
+AGE_MAGIC = b"age-encryption.org/v1"
+# gpg --symmetric starts with a symmetric-key session key packet: tag 3, 0x8c in the old packet
+# format gpg writes (0xc3 in the new one).
+GPG_FIRST_BYTES = (0x8C, 0xC3)
 
 # Variables that must not leak from the caller's shell into the CLI under test.
 _SETTING_PREFIXES = ("SUPABASE_DB_", "PGRUNBOOK_", "BACKUP_", "DATABASE_URL", "PG", "AWS_")
@@ -128,6 +156,91 @@ class HwmPoller(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` now: the children of each of its threads, recursively (a
+    Python program starts some from worker threads). Empty once it is gone."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+class TreePoller(HwmPoller):
+    """HwmPoller over a process and all its descendants, found anew at every poll: VmHWM of
+    each (for wait_all, the root's), and the peak of the memory the tree holds at one poll,
+    as the sum of their PSS (/proc/PID/smaps_rollup: a page shared by n processes counts 1/n
+    in each, as between the CLI and the job it forks) and, an upper bound, of their RSS.
+    smaps_rollup costs about 1 ms of CPU per Python process read: use it in untimed runs."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__([root])
+        self.root = root
+        self.names: dict[int, str] = {}
+        self.peak_pss = 0
+        self.peak_parts: list[tuple[str, int]] = []  # (program, PSS) at the peak
+        self.peak_rss = 0
+
+    def sample(self) -> None:
+        pss_sum = rss_sum = 0
+        parts = []
+        for pid in [self.root, *descendants(self.root)]:
+            try:
+                with open(f"/proc/{pid}/status", "rb") as f:
+                    status = proc_fields(f.read())
+                with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+                    rollup = proc_fields(f.read())
+            except OSError:
+                continue
+            if b"Pss" not in rollup or b"VmHWM" not in status:  # gone, or a zombie
+                continue
+            name = status[b"Name"].strip().decode(errors="replace")
+            self.names[pid] = name
+            hwm = kib(status[b"VmHWM"])
+            if hwm > self.hwm.get(pid, 0):
+                self.hwm[pid] = hwm
+            pss_sum += kib(rollup[b"Pss"])
+            rss_sum += kib(rollup[b"Rss"])
+            parts.append((name, kib(rollup[b"Pss"])))
+        if pss_sum > self.peak_pss:
+            self.peak_pss, self.peak_parts = pss_sum, parts
+        self.peak_rss = max(self.peak_rss, rss_sum)
+
+    def extra(self) -> dict[str, Any]:
+        """The tree's figures for Result.extra: the peaks of the sums, what the PSS peak was
+        made of, and the largest VmHWM seen of each program."""
+        largest: dict[str, int] = {}
+        for pid, hwm in self.hwm.items():
+            name = self.names.get(pid, "?")
+            largest[name] = max(largest.get(name, 0), hwm)
+        return {"tree_peak_pss": self.peak_pss or None,
+                "tree_peak_parts": [list(p) for p in self.peak_parts],
+                "tree_peak_rss_sum": self.peak_rss or None,
+                "tree_hwm_by_program": dict(sorted(largest.items(), key=lambda kv: -kv[1]))}
+
+
+def proc_fields(text: bytes) -> dict[bytes, bytes]:
+    """The `Key: value` lines of a /proc file."""
+    return dict(line.split(b":", 1) for line in text.splitlines() if b":" in line)
+
+
+def kib(value: bytes) -> int:
+    """Bytes, from a /proc value in kB ("  1234 kB")."""
+    return int(value.split()[0]) * 1024
 
 
 @dataclass
@@ -211,6 +324,8 @@ class Bench:
         self.pgrunbook = Path(sys.executable).parent / "pgrunbook"
         if not self.pgrunbook.exists():
             self.pgrunbook = ROOT / ".venv" / "bin" / "pgrunbook"
+        # Per method: the settings lines that turn it on, and the key its metadata must name.
+        self.encryption: dict[str, tuple[str, str]] = {}
         byte_compile()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -224,6 +339,57 @@ class Bench:
 
     def _err_file(self, key: str) -> Path:
         return self.workdir / f"{key}.stderr"
+
+    def encryption_settings(self, method: str) -> str:
+        """The settings lines that turn on `method` (gpg or age), the key material written 0600
+        into the workdir on first use: a random passphrase, or a new age key pair."""
+        if method not in self.encryption:
+            from tui.core.encryption import gpg_key_id
+
+            if method == "gpg":
+                passphrase = secrets.token_urlsafe(32)
+                path = write_private(self.workdir / "bench.gpg-passphrase", passphrase + "\n")
+                self.encryption[method] = (
+                    f"BACKUP_ENCRYPTION=gpg\nBACKUP_GPG_PASSPHRASE_FILE={path}\n",
+                    gpg_key_id(passphrase.encode()))
+            else:
+                from pyrage import x25519
+
+                identity = x25519.Identity.generate()
+                recipient = str(identity.to_public())
+                path = write_private(self.workdir / "bench.age-identity", f"{identity}\n")
+                self.encryption[method] = (
+                    f"BACKUP_ENCRYPTION=age\nBACKUP_AGE_RECIPIENTS={recipient}\n"
+                    f"BACKUP_AGE_IDENTITY_FILE={path}\n", recipient)
+        return self.encryption[method][0]
+
+    def encryption_env(self, method: str) -> Path:
+        """The benchmark's settings file plus the settings of `method`."""
+        path = self.workdir / f"bench_{method}.env"
+        if not path.exists():
+            write_private(path, self.env_file.read_text(encoding="utf-8")
+                          + self.encryption_settings(method))
+        return path
+
+    def check_encrypted(self, archive: Path, meta: dict[str, Any], method: str
+                        ) -> dict[str, Any]:
+        """That `archive` really is encrypted with `method` and the benchmark's key: its first
+        bytes, and its metadata's `archive.encryption`. Returns the latter."""
+        with archive.open("rb") as f:
+            head = f.read(len(AGE_MAGIC))
+        if not (head.startswith(AGE_MAGIC) if method == "age"
+                else bool(head) and head[0] in GPG_FIRST_BYTES):
+            raise VariantFailed(f"{archive.name} does not start like {method} output: "
+                                f"{head[:8].hex()}")
+        enc = (meta.get("archive") or {}).get("encryption")
+        if not isinstance(enc, dict) or enc.get("method") != method:
+            raise VariantFailed(f"the metadata of {archive.name} says archive.encryption = "
+                                f"{enc!r}, not {method}")
+        key = enc.get("key_id") if method == "gpg" else ",".join(enc.get("recipients") or [])
+        if key != self.encryption[method][1]:
+            raise VariantFailed(f"the metadata of {archive.name} names the key {key!r}, not "
+                                f"the benchmark's {self.encryption[method][1]!r}")
+        return enc
 
     def measure(self, key: str, label: str, body: Callable[[Result], None],
                 record: bool = True) -> Result:
@@ -437,19 +603,25 @@ class Bench:
             best = took if best is None else min(best, took)
         result.seconds = best
 
-    def tool(self, result: Result) -> None:
+    def tool(self, result: Result, *, encryption: str | None = None,
+             tree: bool = False) -> None:
+        """`pgrunbook backup`; with `encryption` (gpg or age), with that method's settings
+        added; with `tree`, the peak RSS of its whole process tree measured as well."""
         env = clean_env()
+        env_file = self.encryption_env(encryption) if encryption else self.env_file
         out_file = self.workdir / f"{result.key}.stdout"
         with self._err_file(result.key).open("wb") as err, out_file.open("wb") as out:
             t0 = time.perf_counter()
             proc = subprocess.Popen(
-                [str(self.pgrunbook), "--env-file", str(self.env_file), "backup", LABEL],
+                [str(self.pgrunbook), "--env-file", str(env_file), "backup", LABEL],
                 stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=self.workdir)
-            poller = HwmPoller([proc.pid])
+            poller = TreePoller(proc.pid) if tree else HwmPoller([proc.pid])
             poller.start()
             stats = wait_all([("pgrunbook", proc)], poller)
             result.seconds = time.perf_counter() - t0
         result.procs = stats
+        if isinstance(poller, TreePoller):
+            result.extra.update(poller.extra())
         archives = sorted(self.backup_dir.glob(f"*_{LABEL}.backup"))
         try:
             self._check(stats, result.key)
@@ -471,6 +643,8 @@ class Bench:
                 "tables": len(meta.get("tables", [])),
                 "total_rows": meta.get("total_rows"),
             })
+            if encryption:
+                result.extra["encryption"] = self.check_encrypted(archive, meta, encryption)
         finally:
             for path in self.backup_dir.glob(f"*_{LABEL}.backup*"):
                 path.unlink(missing_ok=True)
@@ -492,6 +666,15 @@ def byte_compile() -> None:
 
 def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_PREFIXES)}
+
+
+def write_private(path: Path, text: str) -> Path:
+    """A new file only its owner can read (0600, whatever the umask), holding `text`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, 0o600)
+        f.write(text)
+    return path
 
 
 # -- building the database --------------------------------------------------------------------
@@ -626,6 +809,8 @@ def rss_of(result: Result) -> str:
     for p in result.procs:
         hwm = f"{p.hwm_polled / MB:.1f}" if p.hwm_polled is not None else "?"
         parts.append(f"{p.name} {hwm}/{p.maxrss_wait4 / MB:.1f}")
+    if result.extra.get("tree_peak_pss"):
+        parts.append(f"tree PSS {result.extra['tree_peak_pss'] / MB:.1f}")
     return ", ".join(parts) or "-"
 
 
@@ -665,9 +850,7 @@ def evaluate(results: list[Result]) -> list[dict[str, Any]]:
     goals: list[dict[str, Any]] = []
 
     def goal(name: str, value: float | None, target: str, ok: bool | None, detail: str) -> None:
-        goals.append({"goal": name, "value": value, "target": target,
-                      "status": "N/A" if ok is None else ("PASS" if ok else "FAIL"),
-                      "detail": detail})
+        goals.append(goal_entry(name, value, target, ok, detail))
 
     if sop and t_best and sop.seconds and t_best.seconds:
         v = sop.seconds / t_best.seconds
@@ -708,6 +891,60 @@ def evaluate(results: list[Result]) -> list[dict[str, Any]]:
     else:
         goal("pgrunbook peak RSS (MB, Python process itself)", None, f"< {GOAL_RSS_MB:.0f}",
              None, "missing runs")
+    return goals
+
+
+def goal_entry(name: str, value: float | None, target: str, ok: bool | None,
+               detail: str) -> dict[str, Any]:
+    return {"goal": name, "value": value, "target": target,
+            "status": "N/A" if ok is None else ("PASS" if ok else "FAIL"), "detail": detail}
+
+
+def rounds_of(results: list[Result], a: str, b: str) -> list[tuple[Result, Result]]:
+    """(a_i, b_i) for every round i where both ran: keys a1, b1, a2, b2, ..."""
+    by_key = {r.key: r for r in results if r.error is None and r.seconds}
+    return [(by_key[k], by_key[b + k[len(a):]]) for k in by_key
+            if k.startswith(a) and k[len(a):].isdigit() and b + k[len(a):] in by_key]
+
+
+def evaluate_encryption(results: list[Result], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """Issue 14's goals, per method: encrypted / unencrypted pgrunbook backup time (median of
+    the rounds), and the peak memory of the encrypted backup's whole process tree."""
+    goals = []
+    plain_tree = next((r.extra.get("tree_peak_pss") for r in results
+                       if r.key == "mem_tool" and r.error is None), None)
+    for m in methods:
+        name = f"pgrunbook backup, {m} / pgrunbook backup time (median of rounds)"
+        target = f"<= {GOAL_ENCRYPTED_TIME_RATIO}"
+        pairs = rounds_of(results, "tool", m)
+        if pairs:
+            ratios = [e.seconds / t.seconds for t, e in pairs if e.seconds and t.seconds]
+            v = statistics.median(ratios)
+            t_best = min(t.seconds or 0.0 for t, _ in pairs)
+            e_best = min(e.seconds or 0.0 for _, e in pairs)
+            goals.append(goal_entry(
+                name, v, target, v <= GOAL_ENCRYPTED_TIME_RATIO,
+                f"per round: {', '.join(f'{x:.3f}' for x in ratios)}; best/best "
+                f"{e_best / t_best:.3f} ({e_best:.2f} s / {t_best:.2f} s)"))
+        else:
+            goals.append(goal_entry(name, None, target, None, "missing runs"))
+        name = f"pgrunbook backup, {m}: peak memory (MB, PSS of the whole process tree)"
+        target = f"< {GOAL_RSS_MB:.0f}"
+        mem = next((r for r in results if r.key == f"mem_{m}" and r.error is None
+                    and r.extra.get("tree_peak_pss")), None)
+        if mem is not None:
+            v = mem.extra["tree_peak_pss"] / MB
+            parts = ", ".join(f"{n} {b / MB:.1f}" for n, b in mem.extra["tree_peak_parts"])
+            top = max(mem.extra["tree_hwm_by_program"].items(), key=lambda nb: nb[1])
+            plain = f"{plain_tree / MB:.1f} MB" if plain_tree else "-"
+            goals.append(goal_entry(
+                name, v, target, v < GOAL_RSS_MB,
+                f"untimed run of its own, polled every {POLL_INTERVAL * 1000:.0f} ms; at the "
+                f"peak: {parts}; summed RSS (shared pages in each) up to "
+                f"{mem.extra['tree_peak_rss_sum'] / MB:.1f}; largest process {top[0]} "
+                f"{top[1] / MB:.1f} (VmHWM); the unencrypted pgrunbook backup's tree: {plain}"))
+        else:
+            goals.append(goal_entry(name, None, target, None, "missing runs"))
     return goals
 
 
@@ -793,7 +1030,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="always run the diagnostic variants")
     diag.add_argument("--no-diagnose", dest="diagnose", action="store_false",
                       help="never run them (default: only when the time-ratio goal fails)")
+    parser.add_argument("--no-encryption", dest="encryption", action="store_false",
+                        help="leave out the encrypted variants (pgrunbook backup with "
+                             "BACKUP_ENCRYPTION=gpg and =age) and their goals")
     args = parser.parse_args(argv)
+    methods = ENCRYPTION_METHODS if args.encryption else ()
 
     if shutil.which("zstd") is None:
         log("zstd is not installed (apt install zstd).")
@@ -818,12 +1059,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i in range(1, max(args.repeat, 1) + 1):
                 bench.measure(f"bare{i}", f"bare #{i}: pg_dump -Fc -Z0 | zstd -3",
                               bench.bare)
-                bench.measure(f"tool{i}", f"pgrunbook backup #{i}", bench.tool)
+                # With the encrypted variants, the pgrunbook runs of a round take turns at
+                # going first.
+                tools: list[tuple[str, str, Callable[[Result], None]]] = [
+                    (f"tool{i}", f"pgrunbook backup #{i}", bench.tool)]
+                tools += [(f"{m}{i}", f"pgrunbook backup, {m} #{i}",
+                           functools.partial(bench.tool, encryption=m)) for m in methods]
+                turn = (i - 1) % len(tools)
+                for key, label, body in tools[turn:] + tools[:turn]:
+                    bench.measure(key, label, body)
+            # The memory of the whole process tree, in runs of their own: reading PSS costs CPU
+            # the timed runs must not pay.
+            for method in (None, *methods) if methods else ():
+                what = f"pgrunbook backup{', ' + method if method else ''}"
+                bench.measure(f"mem_{method or 'tool'}", f"memory: {what} (process tree, untimed)",
+                              functools.partial(bench.tool, encryption=method, tree=True))
         except Exception:  # noqa: BLE001 - measure() printed it; stop without --keep-going
             exit_code = 2
         results = bench.results
         sop = next((r for r in results if r.key == "sop" and r.error is None), None)
-        goals = evaluate(results)
+        goals = evaluate(results) + evaluate_encryption(results, methods)
         time_goal = next(g for g in goals if g["goal"].startswith("pgrunbook time"))
         run_diag = args.diagnose if args.diagnose is not None else time_goal["status"] == "FAIL"
         diag_results: list[Result] = []
@@ -855,6 +1110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("  peak RSS: VmHWM = that process alone (polled every 20 ms); wait4 = ru_maxrss, an "
             "upper bound that also covers\n  the children it waited for and the forking "
             "parent's image before exec (this script, ~40 MB)")
+        if methods:
+            log("  tree PSS = the peak of the PSS of pgrunbook and all its descendants summed "
+                "(polled every 20 ms; the memory runs only)")
         log("  client CPU s: user+sys of the client processes (and their children); the server's "
             "backend is not included")
         log("")
@@ -872,6 +1130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results=[asdict(r) for r in results],
                 diagnostics=[asdict(r) for r in diag_results],
                 goals=goals,
+                **({"encryption_methods": list(methods)} if methods else {}),
             )
     finally:
         cluster.stop()

@@ -6,6 +6,7 @@ A plain script, not a pytest test:
     .venv/bin/python tests/bench/bench_restore.py [--scale N] [--repeat N] [--jobs J]
                                                   [--keep-going] [--json OUT]
                                                   [--diagnose | --no-diagnose]
+                                                  [--no-encryption]
 
 It reuses the backup benchmark (`bench_backup.py`, imported): the same throwaway PostgreSQL
 (`ThrowawayCluster`), the same database (`pgbench -i -s N` plus the jsonb tables `events` and
@@ -18,6 +19,9 @@ one archive, in one run and on one disk:
     zstd + pg_restore  zstd -dq -o TMP ARCHIVE, then pg_restore with the tool's flags on TMP
     same       bare -jJ with PGOPTIONS='-c maintenance_work_mem=<512MB / J>' (pgrunbook's)
     tool       pgrunbook --env-file ENV restore NAME --yes --jobs J --no-verify --json
+    gpg, age   the same, of a backup of the same database taken with BACKUP_ENCRYPTION=gpg
+               (=age), ENV holding that method's settings and key (pgrunbook decrypts, and
+               decompresses, into its temp file); --no-encryption leaves them out
     tool+verify  the same without --no-verify (ANALYZE + exact count(*) of every table)
     bare -j1   serial pg_restore, once, for reference
     full operation: pgrunbook restore NAME --yes --jobs J over the POPULATED database (it then
@@ -32,7 +36,11 @@ it), `pg_restore --verbose --clean --if-exists --jobs=J ...` and,
 with verification, ANALYZE and the counts. A discarded bare run first warms the page cache.
 bare, zstd + pg_restore, same, tool and tool+verify alternate (--repeat N rounds):
 each round shares the noisy VM's momentary speed, so the goals are judged by the MEDIAN of the
-per-round ratios; best/best is printed as well.
+per-round ratios; best/best is printed as well. With the encrypted variants, tool, gpg and age
+take turns at going first within their place in the round (round 1 tool, gpg, age; round 2
+gpg, age, tool; ...). The three backups are taken one after the other before the rounds, of
+the unchanged database; each encrypted archive is checked to be really encrypted (its first
+bytes, its metadata's archive.encryption), as in bench_backup.py.
 
 Goals:
     pgrunbook restore (no verify) / bare pg_restore, same --jobs, on the same archive
@@ -40,6 +48,8 @@ Goals:
         the tool's flags: --verbose --clean --if-exists)       <= 1.05 (median of rounds)
     pgrunbook restore with verify / without verify                 <= 1.05 (median of rounds)
     pgrunbook peak RSS (VmHWM of the Python process, every run)    <  150 MB
+    pgrunbook restore --no-verify of the gpg (age) backup / of the unencrypted one
+        (issue 14)                                                 <= 1.05 (median of rounds)
 Shown beside them, not judged: pgrunbook against bare pg_restore on the archive decompressed
 beforehand (untimed), with pg_restore's default session settings and with the ones pgrunbook
 gives it (maintenance_work_mem raised to its share of RESTORE_INDEX_MEMORY).
@@ -103,6 +113,7 @@ from tui.core.settings import load_settings  # noqa: E402
 GOAL_TIME_RATIO = 1.05
 GOAL_VERIFY_RATIO = 1.05
 GOAL_RSS_MB = 150.0
+GOAL_ENCRYPTED_TIME_RATIO = 1.05
 DEFAULT_REPEAT = 5
 
 
@@ -155,6 +166,7 @@ class RestoreBench(Bench):
         self.meta: dict[str, Any] = {}
         self.plain = workdir / "plain.dump"
         self.info: dict[str, Any] = {}
+        self.encrypted: dict[str, str] = {}  # method -> the name of its backup
 
     # -- databases and settings --------------------------------------------------------------
     def fresh_db(self, name: str) -> None:
@@ -170,7 +182,7 @@ class RestoreBench(Bench):
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
 
-    def env_for(self, dbname: str) -> Path:
+    def env_for(self, dbname: str, encryption: str | None = None) -> Path:
         path = self.workdir / f"restore_{dbname}.env"
         path.write_text(
             "SUPABASE_DB_HOST=127.0.0.1\n"
@@ -178,7 +190,8 @@ class RestoreBench(Bench):
             "SUPABASE_DB_USER=postgres\n"
             f"SUPABASE_DB_NAME={dbname}\n"
             f"BACKUP_DIR={self.backup_dir}\n"
-            f"PGRUNBOOK_DEFAULT_TARGET={bb.LABEL}\n",
+            f"PGRUNBOOK_DEFAULT_TARGET={bb.LABEL}\n"
+            + (self.encryption_settings(encryption) if encryption else ""),
             encoding="utf-8",
         )
         return path
@@ -201,12 +214,11 @@ class RestoreBench(Bench):
         result.extra["database_size_bytes"] = int(size_row[0]) if size_row else None
 
     # -- setup ---------------------------------------------------------------------------------
-    def take_backup(self) -> None:
-        """One `pgrunbook backup` of the built database: the archive every variant restores."""
-        log("taking the archive: pgrunbook backup bench --json ...")
+    def _backup(self, env_file: Path) -> tuple[dict[str, Any], dict[str, Any], float]:
+        """`pgrunbook backup bench --json` with `env_file`: its output, metadata and time."""
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [str(self.pgrunbook), "--env-file", str(self.env_file), "backup", bb.LABEL, "--json"],
+            [str(self.pgrunbook), "--env-file", str(env_file), "backup", bb.LABEL, "--json"],
             capture_output=True, env=clean_env(), cwd=self.workdir, stdin=subprocess.DEVNULL,
             check=False)
         took = time.perf_counter() - t0
@@ -214,9 +226,14 @@ class RestoreBench(Bench):
             raise SystemExit(f"pgrunbook backup failed ({proc.returncode}): "
                              f"{proc.stderr.decode(errors='replace').strip()[-500:]}")
         out = json.loads(proc.stdout)
+        return out, json.loads(Path(out["meta_path"]).read_text(encoding="utf-8")), took
+
+    def take_backup(self) -> None:
+        """One `pgrunbook backup` of the built database: the archive every variant restores."""
+        log("taking the archive: pgrunbook backup bench --json ...")
+        out, self.meta, took = self._backup(self.env_file)
         self.archive = Path(out["path"])
         self.backup_name = str(out["name"])
-        self.meta = json.loads(Path(out["meta_path"]).read_text(encoding="utf-8"))
         self.info["backup"] = {"name": self.backup_name, "size_bytes": out["size_bytes"],
                                "seconds": took, "tables": out["tables"], "rows": out["rows"],
                                "compression": self.meta["archive"].get("compression")}
@@ -231,6 +248,27 @@ class RestoreBench(Bench):
                                    "decompress_seconds": took}
         log(f"  decompressed once for the bare runs: plain.dump {self.plain.stat().st_size / MB:.1f}"
             f" MB in {took:.1f} s (untimed for the comparison)")
+
+    def take_encrypted_backup(self, method: str) -> None:
+        """A `pgrunbook backup` of the same database encrypted with `method` (gpg or age),
+        checked to be encrypted: what the encrypted variants restore."""
+        log(f"taking the {method}-encrypted archive: pgrunbook backup bench --json, "
+            f"BACKUP_ENCRYPTION={method} ...")
+        out, meta, took = self._backup(self.encryption_env(method))
+        enc = self.check_encrypted(Path(out["path"]), meta, method)
+        self.encrypted[method] = str(out["name"])
+        self.info.setdefault("encrypted_backups", {})[method] = {
+            "name": out["name"], "size_bytes": out["size_bytes"], "seconds": took,
+            "tables": out["tables"], "rows": out["rows"], "encryption": enc,
+            "container": meta["archive"].get("container")}
+        log(f"  {out['name']}: {out['size_bytes'] / MB:.1f} MB ({method} over "
+            f"{meta['archive'].get('container')}), {out['tables']} tables, {out['rows']:,} rows, "
+            f"{took:.1f} s")
+        if (out["tables"], out["rows"]) != (self.info["backup"]["tables"],
+                                            self.info["backup"]["rows"]):
+            raise SystemExit(f"the {method} backup holds {out['tables']} tables and "
+                             f"{out['rows']} rows, the unencrypted one "
+                             f"{self.info['backup']['tables']} and {self.info['backup']['rows']}")
 
     # -- variants ------------------------------------------------------------------------------
     def _pg_restore_argv(self, dbname: str, jobs: int, tool_flags: bool,
@@ -305,9 +343,12 @@ class RestoreBench(Bench):
             self.drop_db(dbname)
 
     def tool_restore(self, result: Result, *, dbname: str, jobs: int, verify: bool,
-                     keep: bool = False) -> None:
-        env_file = self.env_for(dbname)
-        argv = [str(self.pgrunbook), "--env-file", str(env_file), "restore", self.backup_name,
+                     keep: bool = False, encryption: str | None = None) -> None:
+        """`pgrunbook restore` of the archive, or with `encryption` (gpg or age) of the backup
+        encrypted so, its key in the settings."""
+        env_file = self.env_for(dbname, encryption)
+        name = self.encrypted[encryption] if encryption else self.backup_name
+        argv = [str(self.pgrunbook), "--env-file", str(env_file), "restore", name,
                 "--yes", "--jobs", str(jobs), "--json"]
         if not verify:
             argv.append("--no-verify")
@@ -445,7 +486,8 @@ def print_table(results: list[Result], bare_median: float | None) -> None:
         log("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def evaluate(results: list[Result], jobs: int) -> list[dict[str, Any]]:
+def evaluate(results: list[Result], jobs: int, methods: Sequence[str] = ()
+             ) -> list[dict[str, Any]]:
     goals: list[dict[str, Any]] = []
 
     def goal(name: str, value: float | None, target: str, ok: bool | None, detail: str,
@@ -495,6 +537,10 @@ def evaluate(results: list[Result], jobs: int) -> list[dict[str, Any]]:
     else:
         goal("pgrunbook peak RSS (MB, Python process itself)", None, f"< {GOAL_RSS_MB:.0f}",
              None, "missing runs")
+    # Issue 14: restoring an encrypted backup against the unencrypted one of the same round.
+    for m in methods:
+        ratio_goal(f"pgrunbook restore --no-verify of the {m}-encrypted backup / of the "
+                   "unencrypted one (median of rounds)", m, "tool", GOAL_ENCRYPTED_TIME_RATIO)
     return goals
 
 
@@ -580,7 +626,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="always run the diagnostic measurements")
     diag.add_argument("--no-diagnose", dest="diagnose", action="store_false",
                       help="never run them (default: only when a time goal fails)")
+    parser.add_argument("--no-encryption", dest="encryption", action="store_false",
+                        help="leave out the restores of encrypted backups (gpg and age) and "
+                             "their goals")
     args = parser.parse_args(argv)
+    methods = bb.ENCRYPTION_METHODS if args.encryption else ()
 
     if shutil.which("zstd") is None:
         log("zstd is not installed (apt install zstd).")
@@ -597,6 +647,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = RestoreBench(cluster, workdir, args.keep_going, jobs)
         db = build_database(bench, args.scale)
         bench.take_backup()
+        for m in methods:
+            try:
+                bench.take_encrypted_backup(m)
+            except SystemExit as exc:
+                if not args.keep_going:
+                    raise
+                log(f"  FAILED: {exc}; the {m} restores are left out")
         log("")
         log("measuring (each restore into a freshly created empty database unless noted; "
             "CHECKPOINT and sync(2) before each):")
@@ -626,9 +683,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run(f"same{i}", f"bare pg_restore -j{jobs}, PGOPTIONS='{options}' #{i}",
                         functools.partial(bench.bare_restore, dbname=f"rb_same{i}", jobs=jobs,
                                           options=options), f"rb_same{i}")
-                run(f"tool{i}", f"pgrunbook --no-verify #{i}",
-                    functools.partial(bench.tool_restore, dbname=f"rb_tool{i}", jobs=jobs,
-                                      verify=False), f"rb_tool{i}")
+                # With the encrypted variants, these take turns at going first.
+                tools: list[tuple[str, str, str | None]] = [
+                    (f"tool{i}", f"pgrunbook --no-verify #{i}", None)]
+                tools += [(f"{m}{i}", f"pgrunbook --no-verify, {m} backup #{i}", m)
+                          for m in methods if m in bench.encrypted]
+                turn = (i - 1) % len(tools)
+                for key, label, method in tools[turn:] + tools[:turn]:
+                    run(key, label,
+                        functools.partial(bench.tool_restore, dbname=f"rb_{key}", jobs=jobs,
+                                          verify=False, encryption=method), f"rb_{key}")
                 last = i == rounds
                 dbname = full_db if last else f"rb_toolv{i}"
                 run(f"toolv{i}", f"pgrunbook with verify #{i}",
@@ -646,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             bench.drop_db(full_db)
         results = bench.results
-        goals = evaluate(results, jobs)
+        goals = evaluate(results, jobs, methods)
         failed_time = any(g["status"] == "FAIL" for g in goals[:2])
         run_diag = args.diagnose if args.diagnose is not None else failed_time
         diag_results: list[Result] = []

@@ -202,7 +202,7 @@ def _read_encrypted_toc(path: Path, pg_restore: Path, env: dict[str, str] | None
                                       stderr=subprocess.DEVNULL)
             assert unzstd.stdout is not None
             source = unzstd.stdout
-        dec.stdout.close()  # the reader downstream holds it now
+            dec.stdout.close()  # zstd holds it now
         proc = subprocess.run([str(pg_restore), "--list", "--verbose"], stdin=source,
                               capture_output=True, check=False, env=env)
         if unzstd is not None:
