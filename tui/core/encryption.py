@@ -62,6 +62,7 @@ class KeyMaterial:
 
     value: bytes = field(repr=False)
     source: str  # where it came from, for messages: "BACKUP_GPG_PASSPHRASE_FILE=/etc/..."
+    path: Path | None = None  # the file it was read from, if any
 
     def __reduce__(self) -> Any:
         raise TypeError("an encryption secret is never pickled")
@@ -107,6 +108,18 @@ def method_of(settings: Settings) -> str:
     return raw
 
 
+def key_id_of(secret: KeyMaterial) -> str:
+    """The gpg key id of a passphrase; for one read from a file, remembered while the file is
+    the same (tui.core.toolcache: its path, size, times and inode), so that a restore or a
+    health check does not spend the scrypt hash's 40 ms on every command. The id is not
+    secret; the passphrase is never cached."""
+    if secret.path is None:
+        return gpg_key_id(secret.value)
+    from tui.core.toolcache import remembered
+
+    return str(remembered("gpg-key-id", secret.path, lambda: gpg_key_id(secret.value)))
+
+
 def gpg_key_id(passphrase: bytes) -> str:
     """The id of a gpg passphrase: 16 hex digits of its scrypt hash (about 40 ms)."""
     return hashlib.scrypt(passphrase, salt=_KEY_ID_SALT, n=16384, r=8, p=1,
@@ -149,24 +162,24 @@ def _run_secret_command(name: str, command: str) -> bytes:
     return proc.stdout
 
 
-def _passphrase(data: bytes, source: str) -> KeyMaterial:
+def _passphrase(data: bytes, source: str, path: Path | None = None) -> KeyMaterial:
     line = data.splitlines()[0] if data.strip() else b""
     if not line.strip():
         raise ConfigError(f"the passphrase from {source} is empty.",
                           "Write the passphrase on its first line.")
-    return KeyMaterial(line, source)
+    return KeyMaterial(line, source, path)
 
 
-def _file_or_command(settings: Settings, prefix: str) -> tuple[bytes, str] | None:
-    """The bytes of `<prefix>_FILE` (0600, checked) or the output of `<prefix>_COMMAND`, and
-    where they came from; None when neither is set."""
+def _file_or_command(settings: Settings, prefix: str) -> tuple[bytes, str, Path | None] | None:
+    """The bytes of `<prefix>_FILE` (0600, checked) or the output of `<prefix>_COMMAND`, where
+    they came from, and the file; None when neither is set."""
     v = settings.values
     if v.get(f"{prefix}_FILE"):
         path = Path(v[f"{prefix}_FILE"]).expanduser()
-        return _read_private_file(f"{prefix}_FILE", path), f"{prefix}_FILE={path}"
+        return _read_private_file(f"{prefix}_FILE", path), f"{prefix}_FILE={path}", path
     if v.get(f"{prefix}_COMMAND"):
         return (_run_secret_command(f"{prefix}_COMMAND", v[f"{prefix}_COMMAND"]),
-                f"{prefix}_COMMAND")
+                f"{prefix}_COMMAND", None)
     return None
 
 
@@ -182,7 +195,7 @@ def _old_passphrases(settings: Settings) -> list[KeyMaterial]:
         if part:
             path = Path(part).expanduser()
             found.append(_passphrase(_read_private_file("BACKUP_GPG_OLD_PASSPHRASE_FILES", path),
-                                     f"BACKUP_GPG_OLD_PASSPHRASE_FILES={path}"))
+                                     f"BACKUP_GPG_OLD_PASSPHRASE_FILES={path}", path))
     return found
 
 
@@ -252,7 +265,7 @@ def for_backup(settings: Settings) -> Cipher | None:
             raise ConfigError("BACKUP_ENCRYPTION=gpg needs a passphrase.",
                               "Set BACKUP_GPG_PASSPHRASE_FILE (a 0600 file) or "
                               "BACKUP_GPG_PASSPHRASE_COMMAND.")
-        return Cipher("gpg", gpg_key_id(secret.value), secret=secret)
+        return Cipher("gpg", key_id_of(secret), secret=secret)
     recipients = _recipients(settings)
     if not recipients:
         raise ConfigError("BACKUP_ENCRYPTION=age needs at least one recipient.",
@@ -297,9 +310,9 @@ def for_restore(settings: Settings, name: str, meta: dict[str, Any] | None) -> C
         current = _current_passphrase(settings)
         candidates = ([current] if current else []) + _old_passphrases(settings)
         for secret in candidates:
-            if gpg_key_id(secret.value) == want:
+            if key_id_of(secret) == want:
                 return Cipher("gpg", want, secret=secret)
-        have = ", ".join(f"{s.source} is key {gpg_key_id(s.value)}" for s in candidates)
+        have = ", ".join(f"{s.source} is key {key_id_of(s)}" for s in candidates)
         raise KeyUnavailable(
             f"backup {name} is encrypted with gpg key {want}, which is not on this host"
             f"{' (' + have + ')' if have else ''}.",
@@ -329,7 +342,7 @@ def available_keys(settings: Settings) -> set[str]:
     found: set[str] = set()
     current = _current_passphrase(settings)
     for secret in ([current] if current else []) + _old_passphrases(settings):
-        found.add(f"gpg {gpg_key_id(secret.value)}")
+        found.add(f"gpg {key_id_of(secret)}")
     identities = _identities(settings)
     if identities is not None:
         found.update(f"age {key}" for key in public_keys(identities))

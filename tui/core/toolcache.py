@@ -1,4 +1,5 @@
-"""What a PostgreSQL binary answered when asked about itself, remembered between commands.
+"""What a PostgreSQL binary answered when asked about itself, remembered between commands
+(and, the same way, the key id of a gpg passphrase file: tui.core.encryption.key_id_of).
 
 Every backup asks pg_dump and pg_restore for their versions (and a pg_dump 16+ whether it was
 built with zstd). Each answer costs a process start, about 30 ms; on a many-table database whose
