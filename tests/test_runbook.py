@@ -88,3 +88,21 @@ def test_an_action_step_needs_its_action_or_a_reasoned_skip() -> None:
     assert run.states[2].status == SKIPPED and run.advance()
     report = run.report()
     assert "verified by hand with the DBA" in report and "| Restore | done |" in report
+
+
+def test_an_optional_action_passed_without_running_is_skipped_not_done() -> None:
+    books = {b.id: b for b in load_runbooks()}
+    run = RunbookRun(books["emergency-restore"])
+    run.states[0].ticked = set(range(len(run.state.step.items)))
+    assert run.advance()  # the checklist: done
+    assert run.states[0].status == DONE
+    run.start()
+    run.finish(True, "maintenance on")
+    assert run.advance()
+    assert run.state.step.kind == "notify" and not run.state.step.required
+    assert run.advance()  # passed without posting anything
+    told = run.states[2]
+    assert told.status == SKIPPED and told.reason == "optional, not run"
+    report = run.report()
+    assert "| Tell the team | skipped |" in report and "optional, not run" in report
+    assert "Tell the team: skipped (optional, not run)" in report

@@ -165,6 +165,7 @@ def load_runbooks(user_dir: Path | None = None) -> list[Runbook]:
 # -- one run ---------------------------------------------------------------------------------
 
 PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
+NOT_RUN = "optional, not run"  # the reason of an optional action passed without running it
 
 
 @dataclass
@@ -270,14 +271,20 @@ class RunbookRun:
         self.log(f"{st.step.title}: skipped ({st.reason})")
 
     def advance(self) -> bool:
-        """Move to the next step if the current one may be passed."""
+        """Move to the next step if the current one may be passed. A pending step with an
+        action (an optional one, passed without running it) is recorded as skipped, "optional,
+        not run": the record never says that the team was told when nothing was posted. A note
+        or a checklist passed is done."""
         if self.blocked_reason() is not None:
             return False
         st = self.state
         if st.status == PENDING:
-            st.status = DONE
-            st.finished = datetime.now(UTC)
-            self.log(f"{st.step.title}: done")
+            if self.has_action():
+                self.skip(NOT_RUN)
+            else:
+                st.status = DONE
+                st.finished = datetime.now(UTC)
+                self.log(f"{st.step.title}: done")
         if self.current < len(self.states) - 1:
             self.current += 1
         return True
