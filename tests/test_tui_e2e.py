@@ -227,6 +227,21 @@ def test_emergency_restore_runbook_walked_in_tmux(case: str, request: pytest.Fix
     reports = list((workspace.path / "reports").glob("runbook_*_emergency-restore.md"))
     assert len(reports) == 1 and "INC-42 bad delete" in reports[0].read_text()
     assert list(workspace.backup_dir.glob("*_emergency_pre_rollback.backup"))
+    # The report is an incident record (issue 15, item 2), and so is the audit trail's.
+    text = reports[0].read_text()
+    safety = next(workspace.backup_dir.glob("*_emergency_pre_rollback.backup")).name
+    for needed in ("## Incident record", "- Operator: ", "- Target: testdb (127.0.0.1:",
+                   f"- Backup restored: {meta['name']}", f"- Safety backup: {safety[:-7]}",
+                   "- Undo: `pgrunbook", "- Verification: PASS",
+                   "- Restore operation: ", "- From the first action to the verification: "):
+        assert needed in text, (needed, text)
+    assert text.index("## Incident record") < text.index("| step | outcome |")
+    end = [e for e in (json.loads(x) for x in (workspace.backup_dir / "audit.log")
+                       .read_text().splitlines())
+           if e.get("operation") == "runbook" and e.get("event") == "end"]
+    assert end and end[-1]["incident"]["verdict"] == "PASS"
+    assert end[-1]["incident"]["backup"] == meta["name"]
+    assert end[-1]["incident"]["first_action_to_verification_seconds"] > 0
 
 
 def test_cancel_mid_restore_leaves_the_safety_backup_and_a_clear_screen(

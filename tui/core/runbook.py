@@ -293,11 +293,13 @@ class RunbookRun:
     def complete(self) -> bool:
         return all(s.status in (DONE, SKIPPED) for s in self.states)
 
-    def report(self, extra: str = "") -> str:
+    def report(self, extra: str = "", incident: str = "") -> str:
         lines = [f"# Runbook: {self.runbook.name}", "",
                  f"- Started: {self.started.isoformat(timespec='seconds')}",
-                 f"- Outcome: {'complete' if self.complete else 'not complete'}", "",
-                 "| step | outcome | duration | note |", "| --- | --- | ---: | --- |"]
+                 f"- Outcome: {'complete' if self.complete else 'not complete'}", ""]
+        if incident:
+            lines += [incident]
+        lines += ["| step | outcome | duration | note |", "| --- | --- | ---: | --- |"]
         for st in self.states:
             dur = f"{st.duration:.1f} s" if st.duration is not None else ""
             note = st.reason or st.detail or ""

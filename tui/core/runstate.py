@@ -106,13 +106,82 @@ def _endpoint(target: dict[str, Any] | None) -> tuple[Any, ...]:
     return (t.get("host"), t.get("port"), t.get("database"))
 
 
+def run_times(run: RunbookRun) -> dict[str, float | None]:
+    """The times an incident review asks for: each step's (in the report's table), the run's
+    from its first action to its verification (the recovery time), and the whole run's."""
+    acted = [st for st in run.states if st.started is not None]
+    verified = [st for st in run.states if st.step.kind in ("verify", "restore")
+                and st.status == "done" and st.finished is not None]
+    first = min((st.started for st in acted if st.started), default=None)
+    last = max((st.finished for st in run.states if st.finished), default=None)
+    end = max((st.finished for st in verified if st.finished), default=None)
+    return {
+        "first_action_to_verification_seconds":
+            round((end - first).total_seconds(), 1) if first and end else None,
+        "run_seconds": round((last - run.started).total_seconds(), 1) if last else None,
+    }
+
+
+def incident_record(settings: Settings, run: RunbookRun, result: Any) -> dict[str, Any]:
+    """Who ran the runbook, from where, into which target; the backup restored and why that
+    one; the safety backup and how to undo; the verdict; the times. For the report and the
+    audit record alike."""
+    from tui.core.audit import operator_identity
+
+    t = settings.target
+    record: dict[str, Any] = {
+        "operator": operator_identity(),
+        "target": {"name": t.name, "endpoint": f"{t.host}:{t.port}/{t.dbname}",
+                   "production": t.production},
+        **run_times(run),
+    }
+    if result is not None:
+        record.update(
+            backup=result.backup,
+            backup_chosen=("picked by the operator in the backup browser"
+                           if run.selected_backup == result.backup else
+                           "latest: the newest complete backup that is not a safety copy"),
+            safety_backup=result.safety_backup, safety_note=result.safety_note or None,
+            undo=result.undo_command,
+            restore_operation_seconds=round(result.seconds, 1),
+            pg_restore_seconds=round(result.restore_seconds, 1),
+            verdict=("PASS" if result.passed else "FAIL") if result.verify is not None
+            else "not verified")
+    return record
+
+
+def incident_section(record: dict[str, Any]) -> str:
+    """The incident record as the report's first section."""
+    op = record["operator"]
+    who = str(op.get("user") or "?") + (f" (sudo by {op['sudo_user']})" if op.get("sudo_user")
+                                        else "")
+    lines = ["## Incident record", "",
+             f"- Operator: {who}, on {op.get('host') or '?'}"
+             + (f", SSH from {op['ssh_client']}" if op.get("ssh_client") else ""),
+             f"- Target: {record['target']['name']} ({record['target']['endpoint']})"
+             + (", production" if record["target"]["production"] else "")]
+    if "backup" in record:
+        lines += [f"- Backup restored: {record['backup']} ({record['backup_chosen']})",
+                  f"- Safety backup: {record['safety_backup'] or 'none'}"
+                  + (f" ({record['safety_note']})" if record.get("safety_note") else ""),
+                  f"- Undo: `{record['undo']}`" if record.get("undo") else "- Undo: -",
+                  f"- Verification: {record['verdict']}",
+                  f"- Restore operation: {record['restore_operation_seconds']} s "
+                  f"(pg_restore {record['pg_restore_seconds']} s of it)"]
+    recovery = record.get("first_action_to_verification_seconds")
+    lines.append(f"- From the first action to the verification: "
+                 f"{f'{recovery} s' if recovery is not None else '-'}; the whole run: "
+                 f"{record.get('run_seconds') or '-'} s")
+    return "\n".join(lines) + "\n"
+
+
 def verification_section(result: Any) -> str:
-    """The report's verification part for a restore's result (or "")."""
+    """The report's verification part for a restore's result (or ""): the verdict, then the
+    tables, the differing ones first."""
     if result is None or result.verify is None:
         return ""
     v = result.verify
     return (f"## Verification: {'PASS' if v.passed else 'FAIL'}\n\n"
-            f"Time to restore: {result.restore_seconds:.1f} s\n\n"
             "| table | expected | actual |\n| --- | ---: | ---: |\n" +
             "\n".join(f"| {r.schema}.{r.table} | {r.expected} | {r.actual} |"
                       for r in v.ordered()) +
@@ -121,7 +190,7 @@ def verification_section(result: Any) -> str:
 
 
 def close(settings: Settings, run: RunbookRun, result: str, error: str | None = None,
-          extra: str = "") -> Path:
+          extra: str = "", restore_result: Any = None) -> Path:
     """End a run once: its Markdown report, its audit record's end line, and the saved run
     marked closed. Every run ends here, completed, left part-way, or dropped and not resumed."""
     from tui.core.audit import AuditLog
@@ -133,13 +202,16 @@ def close(settings: Settings, run: RunbookRun, result: str, error: str | None = 
     directory = ensure_private_dir(reports_dir(settings))
     stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
     path = directory / f"runbook_{stamp}_{run.runbook.id}.md"
-    text = run.report(extra) + (f"\nReason: {run.reason}\n" if run.reason else "")
+    record = incident_record(settings, run, restore_result)
+    text = run.report(extra, incident_section(record)) + (f"\nReason: {run.reason}\n"
+                                                           if run.reason else "")
     atomic_write_bytes(path, text.encode())
     if run.audit_id is not None:
         AuditLog(settings.backup_dir, secrets_of(settings)).resume(run.audit_id).finish(
-            result, error, report=str(path), steps=[
-                {"id": st.step.id, "status": st.status, **({"reason": st.reason}
-                                                           if st.reason else {})}
+            result, error, report=str(path), incident=record, steps=[
+                {"id": st.step.id, "status": st.status,
+                 **({"seconds": round(st.duration, 1)} if st.duration is not None else {}),
+                 **({"reason": st.reason} if st.reason else {})}
                 for st in run.states])
     run.closed, run.report_path = True, str(path)
     save(settings.backup_dir, run)

@@ -510,7 +510,8 @@ class RunnerScreen(OperationScreen):
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         return runstate.close(app.settings, self.run_state, result, error,
-                              runstate.verification_section(app.last_restore))
+                              runstate.verification_section(app.last_restore),
+                              restore_result=app.last_restore)
 
     def on_unmount(self) -> None:
         if self.run_state.closed:
