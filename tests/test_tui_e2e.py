@@ -229,7 +229,9 @@ def test_emergency_restore_runbook_walked_in_tmux(case: str, request: pytest.Fix
     assert list(workspace.backup_dir.glob("*_emergency_pre_rollback.backup"))
     # The report is an incident record (issue 15, item 2), and so is the audit trail's.
     text = reports[0].read_text()
-    safety = next(workspace.backup_dir.glob("*_emergency_pre_rollback.backup")).name
+    # The restore's safety backup is the newest emergency one (the runbook's own emergency
+    # backup, step 4, comes before it: issue 15, item 3).
+    safety = sorted(workspace.backup_dir.glob("*_emergency_pre_rollback.backup"))[-1].name
     for needed in ("## Incident record", "- Operator: ", "- Target: testdb (127.0.0.1:",
                    f"- Backup restored: {meta['name']}", f"- Safety backup: {safety[:-7]}",
                    "- Undo: `pgrunbook", "- Verification: PASS",
