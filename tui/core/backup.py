@@ -767,8 +767,8 @@ async def _dump(
             async for raw in proc.stderr:
                 line = raw.decode("utf-8", errors="replace").rstrip()
                 tails[tool].append(line)
-                emit(ToolOutput("gpg" if tool == "cipher" and cipher and cipher.method == "gpg"
-                                else "age" if tool == "cipher" else tool, line))
+                # The cipher's lines are shown under its own name (gpg or age).
+                emit(ToolOutput(cipher.method if tool == "cipher" and cipher else tool, line))
 
         drains = [asyncio.create_task(drain(t, p)) for t, p in zip(names, procs, strict=True)]
         count_task = asyncio.create_task(asyncio.to_thread(counter.count, tables))

@@ -363,12 +363,12 @@ def decryptable(meta: dict[str, Any] | None, keys: set[str]) -> bool:
 
 @dataclass
 class Step:
-    """A cipher process to start: its argv and the secret it reads from descriptor `fd_arg`'s
-    pipe. `start` makes the pipe, `pass_fds` is handed to the child, `close` runs after."""
+    """A cipher process to start: its argv, and the read end of the pipe holding its secret
+    (named in argv by number, handed to the child through `pass_fds`). `close` closes the
+    parent's copy once the child runs; `cleanup` also removes gpg's throwaway home."""
 
     argv: list[str]
-    secret: bytes | None
-    home: Path | None = None  # gpg's throwaway home, removed by `close`
+    home: Path | None = None
     _read_fd: int | None = None
 
     def pass_fds(self) -> tuple[int, ...]:
@@ -406,10 +406,10 @@ def encrypt_step(cipher: Cipher) -> Step:
         fd = _secret_pipe(cipher.secret.value)
         home = _gpg_home()
         return Step(["gpg", "--homedir", str(home), *_GPG_BASE, *_GPG_ENCRYPT,
-                     "--passphrase-fd", str(fd), "--output", "-"], None, home, fd)
+                     "--passphrase-fd", str(fd), "--output", "-"], home, fd)
     extra = (cipher.read_back,) if cipher.read_back else ()
     return Step([sys.executable, "-m", "tui.core.agepipe", "encrypt", *cipher.recipients,
-                 *extra], None)
+                 *extra])
 
 
 def decrypt_step(cipher: Cipher) -> Step:
@@ -418,15 +418,15 @@ def decrypt_step(cipher: Cipher) -> Step:
     if cipher.method == "gpg":
         home = _gpg_home()
         return Step(["gpg", "--homedir", str(home), *_GPG_BASE, "--decrypt",
-                     "--passphrase-fd", str(fd), "--output", "-"], None, home, fd)
+                     "--passphrase-fd", str(fd), "--output", "-"], home, fd)
     return Step([sys.executable, "-m", "tui.core.agepipe", "decrypt", "--identities-fd",
-                 str(fd)], None, None, fd)
+                 str(fd)], None, fd)
 
 
 @contextlib.contextmanager
 def decrypted_stream(cipher: Cipher, path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A process writing the plaintext of `path` to its stdout (a pipe), for readers that
-    take a stream (the table of contents). Its stderr is kept for `failure_text`."""
+    take a stream (the table of contents). Its stderr is a pipe the caller may read."""
     step = decrypt_step(cipher)
     try:
         with path.open("rb") as src:
