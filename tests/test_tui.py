@@ -260,6 +260,9 @@ async def test_a_failed_step_blocks_until_run_again_or_skipped_with_a_reason(
         assert "VERIFICATION FAIL" in str(verdict.render()) and verdict.has_class("fail")
         first = runner.query_one("#counts", DataTable).get_row_at(0)
         assert "public.payment" in str(first[0]) and "DIFFERS" in str(first[4])
+        # The step's state is set before its worker has quite ended, and the runner refuses
+        # to leave while a worker runs: wait for it, as an operator's next key would.
+        await app.workers.wait_for_complete()
         await pilot.press("escape")  # leave part-way: the run still gets its report and audit
         await pilot.pause()
         assert not isinstance(app.screen, RunnerScreen)
