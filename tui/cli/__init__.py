@@ -9,6 +9,7 @@ Textual, so cron jobs stay light; the TUI is imported only when asked for.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +61,19 @@ def _reconcile(backup_dir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The collector is held off while the command starts: importing the engine and psycopg
+    # and reading the settings make objects that live as long as the process, and walking
+    # them again and again is a tenth of the start of a small backup. It runs again, with
+    # what was loaded frozen, when the work begins (a job's start, the TUI, a job followed)
+    # and at the latest when the command returns.
+    gc.disable()
+    try:
+        return _main(argv)
+    finally:
+        gc.enable()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -7,6 +7,7 @@ only what they run; Textual is imported only by `cmd_tui`.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -426,6 +427,8 @@ def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
         os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
     from tui.app import make_app
 
+    gc.freeze()
+    gc.enable()  # held off while the CLI started (tui.cli.main)
     make_app(settings).run()
     return EXIT_OK
 

@@ -8,6 +8,7 @@ included, and `pgrunbook attach` shows it.
 
 from __future__ import annotations
 
+import gc
 import signal
 from types import FrameType
 from typing import Any
@@ -33,6 +34,7 @@ def follow(job: Any, renderer: Renderer, *, stop_on_interrupt: bool) -> Any:
     None is returned."""
     from tui.core import jobs
 
+    gc.enable()  # held off while the CLI started (tui.cli.main); following may last hours
     asked = False
 
     class Detached(Exception):

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -538,11 +538,17 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert snap is not None
         snapshot = str(snap[0])
-        tables = [
-            t for t in _dumpable_tables(conn)
-            if not _excluded(t[1], t[2], request.exclude_schema, request.exclude_table_data)
-        ]
-        managed_columns = _managed_columns(conn, tables)
+        managed_columns: dict[str, list[str]] = {}
+
+        def tables_of() -> list[tuple[int, str, str]]:
+            """The tables to count, read in the snapshot while pg_dump starts."""
+            found = [
+                t for t in _dumpable_tables(conn)
+                if not _excluded(t[1], t[2], request.exclude_schema, request.exclude_table_data)
+            ]
+            managed_columns.update(_managed_columns(conn, found))
+            return found
+
         # Grants, RLS, sequences, publications...: catalog reads in the dump's snapshot, on a
         # connection of their own beside pg_dump (60 ms before it, on 3,000 tables).
         app_task = asyncio.ensure_future(asyncio.to_thread(
@@ -554,8 +560,8 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
             # The cluster's roles, beside the dump (pg_dumpall is quick; not transactional).
             roles_task = asyncio.ensure_future(asyncio.to_thread(_read_roles, pg_dump, env))
             try:
-                size, sha256, toc, counts = await _dump(
-                    settings, request, pg_dump, pg_restore, plan, snapshot, env, conn, tables,
+                size, sha256, toc, counts, tables = await _dump(
+                    settings, request, pg_dump, pg_restore, plan, snapshot, env, conn, tables_of,
                     final, expected, emit, s3, name[:15], upload_box, s3_client, locks=locks,
                     cipher=cipher,
                 )
@@ -689,7 +695,7 @@ async def _dump(
     snapshot: str,
     env: dict[str, str],
     conn: Conn,
-    tables: list[tuple[int, str, str]],
+    tables_of: Callable[[], list[tuple[int, str, str]]],
     final: Path,
     expected: int | None,
     emit: Emit,
@@ -700,7 +706,10 @@ async def _dump(
     *,
     locks: LockTable,
     cipher: encryption.Cipher | None = None,
-) -> tuple[int, str, Toc, dict[int, int]]:
+) -> tuple[int, str, Toc, dict[int, int], list[tuple[int, str, str]]]:
+    """Run the pipeline into a temp file and publish it: (size, sha256, table of contents,
+    exact counts by table oid, the tables counted). `tables_of` lists the tables on `conn`,
+    in the snapshot, once pg_dump has started (10 ms with 3,000 tables, off the dump's path)."""
     argv = [str(pg_dump.path), "--format=custom", "--no-password", f"--snapshot={snapshot}",
             f"--dbname={settings.target.dbname}"]
     if plan.method == "zstd-native":
@@ -723,6 +732,7 @@ async def _dump(
                                     "cipher": deque(maxlen=20)}
     step = encryption.encrypt_step(cipher) if cipher is not None else None
     written = 0
+    tables: list[tuple[int, str, str]] = []
     count_task: asyncio.Task[dict[int, int]] | None = None
     counter = _SnapshotCounter(settings, snapshot, locks)
     published = False
@@ -771,6 +781,7 @@ async def _dump(
                 emit(ToolOutput(cipher.method if tool == "cipher" and cipher else tool, line))
 
         drains = [asyncio.create_task(drain(t, p)) for t, p in zip(names, procs, strict=True)]
+        tables = tables_of()
         count_task = asyncio.create_task(asyncio.to_thread(counter.count, tables))
         if s3 is not None and upload_box is not None:
             # The off-site copy follows the file while it is written (multipart, in parts).
@@ -839,7 +850,7 @@ async def _dump(
         # the checksum reads is closed on the way out.
         both = await asyncio.gather(asyncio.to_thread(_sha256_fd, fd, written),
                                     asyncio.to_thread(read_toc, tmp, pg_restore.path, env,
-                                                      cipher, plan.container),
+                                                      cipher, plan.container, depends=False),
                                     return_exceptions=True)
         for outcome in both:
             if isinstance(outcome, BaseException):
@@ -871,7 +882,7 @@ async def _dump(
                 "Run the backup again (or give it another name).",
             ) from None
         published = True
-        return written, sha256, toc, counts
+        return written, sha256, toc, counts, tables
     except asyncio.CancelledError:
         raise
     finally:

@@ -310,6 +310,7 @@ def _fork(job: Job, settings: Settings, operation: str, request: Any) -> None:
     # The collector would walk (and so copy) every object the two processes share; frozen,
     # the objects stay shared pages until one of them really changes them.
     gc.freeze()
+    gc.enable()  # held off by the CLI while it started (tui.cli.main)
     pid = os.fork()
     if pid == 0:  # the job
         code = EXIT_FAILED
