@@ -29,6 +29,9 @@ from tui.cli.health_cmd import EXIT_CODES_HELP as HEALTH_EXIT_CODES
 from tui.cli.health_cmd import cmd_health
 from tui.cli.lifecycle_cmd import cmd_lifecycle
 from tui.cli.schedule_cmd import cmd_schedule
+from tui.cli.serve_cmd import DEFAULT_HOST as DEFAULT_SERVE_HOST
+from tui.cli.serve_cmd import DEFAULT_PORT as DEFAULT_SERVE_PORT
+from tui.cli.serve_cmd import cmd_serve
 from tui.core.metadata import KINDS
 
 EXIT_CODES_HELP = """exit codes:
@@ -144,8 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="confirm a non-production target without a prompt")
     p.add_argument("--terminate-connections", action="store_true",
                    help="end other sessions on the target database first")
-    p.add_argument("--no-safety-backup", action="store_true",
-                   help="skip the safety backup (needs --confirm DBNAME; audited)")
+    safety = p.add_mutually_exclusive_group()
+    safety.add_argument("--no-safety-backup", action="store_true",
+                        help="skip the safety backup (needs --confirm DBNAME; audited)")
+    safety.add_argument("--safety-backup", metavar="NAME", dest="safety_candidate",
+                        help="let the backup NAME (e.g. the incident's emergency backup) stand "
+                             "as the safety backup when nothing has been written to the "
+                             "cluster since its snapshot; otherwise a fresh one is taken and "
+                             "the reason said")
     p.add_argument("--owners", choices=["auto", "keep", "drop"], default="auto",
                    help="keep or drop ownership and grants (auto: drop unless production)")
     p.add_argument("--app-schemas-only", action="store_true",
@@ -257,5 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=None, demo=True)
 
     p = sub.add_parser("tui", help="open the runbook UI (also: pgrunbook with no command)")
+    p.add_argument("--watch", action="store_true",
+                   help="watch-only: follow the open runbook run and its jobs; nothing can be "
+                        "run, skipped or changed")
     p.set_defaults(func=cmd_tui)
+
+    p = sub.add_parser("serve", help="serve the runbook UI to a browser, watch-only (for the "
+                                     "incident lead)",
+                       description="Serve the runbook UI to a browser (textual-serve): by "
+                                   "default watch-only, as\n`tui --watch`, for the incident "
+                                   "lead to follow the operator's run and its jobs.\nEach "
+                                   "browser tab starts its own app process; Ctrl-C stops them "
+                                   "all.",
+                       epilog="examples:\n"
+                              "  pgrunbook serve                  # http://127.0.0.1:8000\n"
+                              "  ssh -L 8000:127.0.0.1:8000 ops-host   # then open it locally\n"
+                              "  pgrunbook --target production serve --port 8080\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default=DEFAULT_SERVE_HOST, metavar="HOST",
+                   help=f"address to listen on (default {DEFAULT_SERVE_HOST}; any other: "
+                        "whoever reaches the port can watch)")
+    p.add_argument("--port", type=int, default=DEFAULT_SERVE_PORT, metavar="PORT",
+                   help=f"TCP port (default {DEFAULT_SERVE_PORT})")
+    p.add_argument("--control", action="store_true",
+                   help="serve the full UI, able to run steps and restore (loopback hosts only)")
+    p.set_defaults(func=cmd_serve)
     return parser

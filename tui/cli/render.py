@@ -266,7 +266,7 @@ def _print_restore(result: Any, failed: bool = False) -> None:
     t = result.target
     _out(f"Restore of {result.backup} into {t.name} ({t.describe()}) ran in "
          f"{result.restore_seconds:.1f}s")
-    _out(f"  safety backup: {result.safety_backup or result.safety_note}")
+    _out(f"  safety backup: {result.safety_note}")  # taken, reused or none, and why
     if result.filtered:
         _out(f"  left out: {len(result.filtered)} entries the target keeps as its own "
              "(listed above and in the log)")

@@ -77,6 +77,7 @@ from tui.core.pgtools import (
     server_version,
     supports_zstd,
 )
+from tui.core.restore.safety import snapshot_record
 from tui.core.restore.scope import MANAGED_SCHEMAS
 from tui.core.roles import RolesUnreadable, dump_roles, roles_path_for
 from tui.core.s3 import S3Config, StreamUpload, s3_config
@@ -538,6 +539,8 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert snap is not None
         snapshot = str(snap[0])
+        # What a restore's safety backup compares against to know nothing was written since.
+        snapshot_meta = snapshot_record(conn)
         managed_columns: dict[str, list[str]] = {}
 
         def tables_of() -> list[tuple[int, str, str]]:
@@ -616,6 +619,7 @@ async def _run_backup(settings: Settings, request: BackupRequest, label: str,
         },
         "tables": counted,
         "total_rows": sum(counts.values()),
+        "snapshot": snapshot_meta,
         "app_state": app_state,
         "managed_columns": managed_columns,
         "operator": operator_identity(),

@@ -24,6 +24,9 @@ class RestoreRequest:
     confirmed: bool = False  # --yes: enough for a non-production target only
     terminate_connections: bool = False
     safety_backup: bool = True
+    # A backup already taken that stands as the safety backup when nothing has been written
+    # to the target since its snapshot (the runbook's emergency backup, --safety-backup NAME).
+    safety_candidate: str | None = None
     owners: str = "auto"  # keep | drop | auto (drop for non-production targets)
     app_schemas_only: bool = False
     lock_timeout: str = "30s"

@@ -93,6 +93,7 @@ async def run_restore(
     target = settings.target
     arguments = {"backup": request.backup, "jobs": request.jobs, "owners": request.owners,
                  "safety_backup": request.safety_backup,
+                 "safety_candidate": request.safety_candidate,
                  "terminate_connections": request.terminate_connections,
                  "app_schemas_only": request.app_schemas_only}
     with operation(settings, "restore", emit, arguments=arguments, reason=request.reason,
@@ -177,7 +178,8 @@ async def _restore_checked(settings: Settings, request: RestoreRequest, emit: Em
             # 6. The safety backup.
             tables = 0 if missing_db else _user_tables(conn)
             safety_name, safety_note = await _safety_backup(
-                settings, request, entry, tables, missing_db, emit)
+                settings, request, entry, tables, missing_db, emit,
+                None if missing_db else conn)
             state["safety"] = safety_name
             # From here a restore that dies leaves the target incomplete (`jobs.reconcile`).
             emit(TargetChanging(target.name, target.dbname, safety_name,

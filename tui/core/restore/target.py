@@ -28,6 +28,7 @@ from tui.core.restore.request import (
     default_jobs,
     undo_command,
 )
+from tui.core.restore.safety import decide
 from tui.core.restore.scope import TargetKind
 from tui.core.restore.source import preview_backup, sha256_matches
 from tui.core.roles import create_missing, roles_path_for
@@ -371,7 +372,12 @@ def _create_roles(conn: psycopg.Connection[Any], entry: BackupEntry, emit: Emit,
 
 
 async def _safety_backup(settings: Settings, request: RestoreRequest, entry: BackupEntry,
-                         tables: int, missing_db: bool, emit: Emit) -> tuple[str | None, str]:
+                         tables: int, missing_db: bool, emit: Emit,
+                         conn: psycopg.Connection[Any] | None = None) -> tuple[str | None, str]:
+    """(the safety backup's name or None, what was done, in one sentence). With a
+    `request.safety_candidate` (the runbook's emergency backup, --safety-backup NAME), that
+    backup stands as the safety backup when nothing has been written since its snapshot
+    (`tui.core.restore.safety`); otherwise a fresh one is taken and the reason said."""
     # Imported here: tui.core.backup imports tui.core.restore.scope, which loads this package.
     from tui.core.backup import BackupRequest, run_backup
 
@@ -388,6 +394,21 @@ async def _safety_backup(settings: Settings, request: RestoreRequest, entry: Bac
         note = "safety backup skipped by the operator (--no-safety-backup, confirmed)."
         emit(Notice("warning", note))
         return None, note
+    fresh_because = ""
+    if request.safety_candidate and conn is not None:
+        reuse = await asyncio.to_thread(decide, settings, conn, request.safety_candidate)
+        if reuse.entry is not None:
+            emit(PhaseStarted("safety backup", f"checking {reuse.entry.name}"))
+            if await asyncio.to_thread(sha256_matches, reuse.entry, emit):
+                note = (f"safety backup {reuse.entry.name} reused, not taken again: "
+                        f"{reuse.why}.")
+                emit(Notice("info", note))
+                return reuse.entry.name, note
+            fresh_because = f"{reuse.entry.name}'s checksum does not match its metadata"
+        else:
+            fresh_because = reuse.why
+        emit(Notice("info", f"taking a fresh safety backup: {request.safety_candidate} cannot "
+                            f"stand in for one, because {fresh_because}."))
     emit(PhaseStarted("safety backup", f"of {target.name}'s current state"))
     try:
         safety = await run_backup(settings, BackupRequest(
@@ -407,7 +428,9 @@ async def _safety_backup(settings: Settings, request: RestoreRequest, entry: Bac
             f"the safety backup {safety.name} did not verify, so the restore did not start.",
             "Check the backup disk, then retry.",
         )
-    note = f"safety backup {safety.name} taken and verified."
+    note = f"safety backup {safety.name} taken and verified" + (
+        f" ({request.safety_candidate} could not stand in: {fresh_because})."
+        if fresh_because else ".")
     emit(Notice("info", note))
     return safety.name, note
 
