@@ -24,6 +24,9 @@ from tui.screens.runner import RunnerScreen
 
 MIN_SIZE = (80, 24)
 INVENTORY_TTL = 30.0  # seconds before the screens list the S3 bucket again
+# The app's actions watch mode allows: quitting, the audit trail (read-only) and moving focus.
+WATCH_ACTIONS = frozenset({"quit_app", "quit", "help_quit", "history", "pop_screen",
+                           "focus_next", "focus_previous"})
 
 
 class RunbookCommands(Provider):
@@ -57,9 +60,13 @@ class PgRunbookApp(App[None]):
     ]
 
     def __init__(self, settings: Settings, *, now: Callable[[], datetime] | None = None,
-                 runbooks: Iterable[Runbook] | None = None) -> None:
+                 runbooks: Iterable[Runbook] | None = None, watch: bool = False) -> None:
         super().__init__()
         self.settings = settings
+        # Watch mode (`tui --watch`, `serve`): the running runbook, read-only (WatchScreen).
+        self.watch_only = watch
+        if watch:
+            self.use_command_palette = False  # it starts runbooks
         self._now = now or (lambda: datetime.now(UTC))
         user_dir = settings.values.get("RUNBOOK_DIR")
         from pathlib import Path
@@ -120,10 +127,21 @@ class PgRunbookApp(App[None]):
             self._inventory_cache = None
 
     def on_mount(self) -> None:
-        self.push_screen(HomeScreen())
+        if self.watch_only:
+            from tui.screens.watch import WatchScreen
+
+            self.push_screen(WatchScreen())
+        else:
+            self.push_screen(HomeScreen())
         for warning in self.settings.warnings:  # e.g. the environment moved the target
             self.notify(warning, severity="warning", timeout=30)
-        self.offer_unfinished_run()
+        if not self.watch_only:  # a watcher neither resumes nor closes the operator's run
+            self.offer_unfinished_run()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """In watch mode only the app's actions on this list run (and show in the footer):
+        a key added to the app later stays refused there until someone decides otherwise."""
+        return not self.watch_only or action in WATCH_ACTIONS
 
     def offer_unfinished_run(self) -> None:
         """A run the app went away with (an SSH drop, a killed terminal): resume it at its
@@ -210,6 +228,9 @@ class PgRunbookApp(App[None]):
         self.exit()
 
     def start_runbook(self, runbook_id: str) -> None:
+        if self.watch_only:
+            self.notify("Watch-only: runbooks are run from the operator's pgrunbook.")
+            return
         book = next((b for b in self.runbooks if b.id == runbook_id), None)
         if book is None:
             self.notify(f"no runbook {runbook_id!r}", severity="error")

@@ -117,9 +117,9 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     request = RestoreRequest(
         backup=args.backup, jobs=args.jobs, reason=args.reason, confirm_name=args.confirm,
         confirmed=args.yes, terminate_connections=args.terminate_connections,
-        safety_backup=not args.no_safety_backup, owners=args.owners,
-        app_schemas_only=args.app_schemas_only, lock_timeout=args.lock_timeout,
-        verify=not args.no_verify,
+        safety_backup=not args.no_safety_backup, safety_candidate=args.safety_candidate,
+        owners=args.owners, app_schemas_only=args.app_schemas_only,
+        lock_timeout=args.lock_timeout, verify=not args.no_verify,
     )
     interactive = sys.stdin.isatty() and not args.json
     t = settings.target
@@ -398,6 +398,8 @@ def tui_problem() -> str | None:
     import locale
     import shutil
 
+    if os.environ.get("TEXTUAL_DRIVER", "").endswith(":WebDriver"):
+        return None  # served to a browser (`pgrunbook serve`): the page is the terminal
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         return ("the runbook UI needs a terminal; for scripts and cron use the commands "
                 "(pgrunbook --help).")
@@ -429,7 +431,7 @@ def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
 
     gc.freeze()
     gc.enable()  # held off while the CLI started (tui.cli.main)
-    make_app(settings).run()
+    make_app(settings, watch=bool(getattr(args, "watch", False))).run()
     return EXIT_OK
 
 
