@@ -8,9 +8,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tui.core.cluster import ThrowawayCluster
+from tui.core.cluster import ThrowawayCluster, free_port
 from tui.core.demo import load_supabase_shaped
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,3 +272,33 @@ def golden(tmp_path_factory: pytest.TempPathFactory, server: Server,
     archive = Path(out["path"])
     yield Golden(archive, read_meta(Path(out["meta_path"])), Path(f"{archive}.roles.sql"))
     server.drop_db(db)
+
+
+# -- A local HTTP peer: the health URL answers 200 at /health; the chat webhook records posts
+@pytest.fixture
+def http_peer() -> Iterator[tuple[str, list[dict]]]:
+    posts: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            posts.append(json.loads(body))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{port}", posts
+    server.shutdown()

@@ -98,3 +98,15 @@ def test_runner_checklist(snap_compare, app_factory, size) -> None:  # type: ign
 
 def test_help(snap_compare, app_factory) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(app_factory(), press=["question_mark"], terminal_size=(80, 24))
+
+
+@pytest.mark.parametrize("passed", [False, True], ids=["fail", "pass"])
+def test_runner_verification(snap_compare, app_factory, passed) -> None:  # type: ignore[no-untyped-def]
+    """The emergency runbook's verify step after its verification, at 80x24: the verdict, the
+    differing tables, then the key tables, all above the fold (tests/test_runner_layout.py)."""
+    from tests.test_runner_layout import show_verify_result, verification_report
+
+    async def verified(pilot) -> None:  # type: ignore[no-untyped-def]
+        await show_verify_result(pilot, verification_report(passed))
+
+    assert snap_compare(app_factory(), run_before=verified, terminal_size=(80, 24))

@@ -9,45 +9,12 @@ import json
 import shlex
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Server, Workspace, clean_env
-from tui.core.cluster import free_port
-
-
-@pytest.fixture
-def http_peer() -> Iterator[tuple[str, list[dict]]]:
-    posts: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/health" else 404)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            posts.append(json.loads(body))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    port = free_port()
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{port}", posts
-    server.shutdown()
 
 
 class Tmux:
@@ -226,14 +193,19 @@ def test_emergency_restore_runbook_walked_in_tmux(case: str, request: pytest.Fix
     assert "read-only for 15 minutes" in posts[0]["text"]
     reports = list((workspace.path / "reports").glob("runbook_*_emergency-restore.md"))
     assert len(reports) == 1 and "INC-42 bad delete" in reports[0].read_text()
-    assert list(workspace.backup_dir.glob("*_emergency_pre_rollback.backup"))
     # The report is an incident record (issue 15, item 2), and so is the audit trail's.
     text = reports[0].read_text()
-    # The restore's safety backup is the newest emergency one (the runbook's own emergency
-    # backup, step 4, comes before it: issue 15, item 3).
-    safety = sorted(workspace.backup_dir.glob("*_emergency_pre_rollback.backup"))[-1].name
+    # The restore's safety backup is the runbook's own emergency backup (step 4) when nothing
+    # was written since it, else a fresh one (issue 15, item 3; on this shared cluster an
+    # autovacuum ANALYZE may count as a write, so either is right: tests/test_incident.py
+    # pins both cases on a quiet cluster). Either way it is on disk and the report names it.
+    restore_end = [e for e in (json.loads(x) for x in (workspace.backup_dir / "audit.log")
+                               .read_text().splitlines())
+                   if e.get("operation") == "restore" and e.get("event") == "end"][-1]
+    safety = restore_end["safety_backup"]
+    assert "emergency" in safety and (workspace.backup_dir / f"{safety}.backup").exists()
     for needed in ("## Incident record", "- Operator: ", "- Target: testdb (127.0.0.1:",
-                   f"- Backup restored: {meta['name']}", f"- Safety backup: {safety[:-7]}",
+                   f"- Backup restored: {meta['name']}", f"- Safety backup: {safety}",
                    "- Undo: `pgrunbook", "- Verification: PASS",
                    "- Restore operation: ", "- From the first action to the verification: "):
         assert needed in text, (needed, text)

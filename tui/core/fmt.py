@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import humanize
 
 
 def size(n: int | None) -> str:
     return "-" if n is None else str(humanize.naturalsize(n, binary=False))
+
+
+def duration(seconds: float) -> str:
+    """A span for people: "12 minutes", "an hour", "45 seconds"."""
+    return str(humanize.naturaldelta(timedelta(seconds=max(0.0, seconds))))
 
 
 def age(dt: datetime | None, now: datetime | None = None) -> str:

@@ -201,6 +201,13 @@ class RunbookRun:
     audit_id: str | None = None
     target: dict[str, Any] | None = None
     restored: str | None = None  # the backup a restore step put back
+    # The backups the run's own steps took, oldest first: the newest stands as a later
+    # restore step's safety backup when nothing has been written since (one emergency backup).
+    backups_taken: list[str] = field(default_factory=list)
+    # The impact for users the operator gave (the first notify step asks), and the team updates
+    # sent or shown since (`tui.core.incident`): {"at": ISO time, "posted": bool, "text": ...}.
+    impact: str | None = None
+    updates: list[dict[str, Any]] = field(default_factory=list)
     selected_backup: str | None = None
     closed: bool = False
     report_path: str | None = None

@@ -31,6 +31,8 @@ def to_json(run: RunbookRun) -> dict[str, Any]:
         "id": run.id, "runbook": run.runbook.id, "current": run.current,
         "started": _when(run.started), "reason": run.reason, "audit_id": run.audit_id,
         "target": run.target, "restored": run.restored, "selected_backup": run.selected_backup,
+        "backups_taken": list(run.backups_taken), "impact": run.impact,
+        "updates": list(run.updates),
         "closed": run.closed, "report_path": run.report_path,
         "timeline": [[_when(t), text] for t, text in run.timeline],
         "steps": [{"id": st.step.id, "status": st.status, "ticked": sorted(st.ticked),
@@ -57,6 +59,9 @@ def from_json(data: dict[str, Any], runbooks: dict[str, Runbook]) -> RunbookRun 
                      id=str(data["id"]), reason=data.get("reason"),
                      audit_id=data.get("audit_id"), target=data.get("target"),
                      restored=data.get("restored"), selected_backup=data.get("selected_backup"),
+                     backups_taken=[str(n) for n in data.get("backups_taken") or []],
+                     impact=data.get("impact"),
+                     updates=[dict(u) for u in data.get("updates") or [] if isinstance(u, dict)],
                      closed=bool(data.get("closed")), report_path=data.get("report_path"))
     started = _parse(data.get("started"))
     if started is not None:
@@ -134,6 +139,9 @@ def incident_record(settings: Settings, run: RunbookRun, result: Any) -> dict[st
         "target": {"name": t.name, "endpoint": f"{t.host}:{t.port}/{t.dbname}",
                    "production": t.production},
         **run_times(run),
+        "impact": run.impact,
+        "team_updates": {"posted": sum(1 for u in run.updates if u.get("posted")),
+                         "shown_to_copy": sum(1 for u in run.updates if not u.get("posted"))},
     }
     if result is not None:
         record.update(
@@ -168,6 +176,10 @@ def incident_section(record: dict[str, Any]) -> str:
                   f"- Verification: {record['verdict']}",
                   f"- Restore operation: {record['restore_operation_seconds']} s "
                   f"(pg_restore {record['pg_restore_seconds']} s of it)"]
+    updates = record.get("team_updates") or {}
+    lines.append(f"- Impact: {record.get('impact') or 'not given'}; team updates: "
+                 f"{updates.get('posted', 0)} posted, {updates.get('shown_to_copy', 0)} shown "
+                 "to copy (no webhook, or the post failed)")
     recovery = record.get("first_action_to_verification_seconds")
     lines.append(f"- From the first action to the verification: "
                  f"{f'{recovery} s' if recovery is not None else '-'}; the whole run: "

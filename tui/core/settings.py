@@ -173,6 +173,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("CHAT_WEBHOOK_URL", None, "Slack-compatible webhook the runbooks' notify steps "
                 "post to, and failed backups, failed drills and critical health checks.",
                 secret=True),
+    SettingSpec("INCIDENT_UPDATE_MINUTES", "30", "Minutes between team updates during a "
+                "runbook run (the SOP: every 30): posted to CHAT_WEBHOOK_URL, or without one "
+                "shown in the TUI with the text ready to copy."),
     SettingSpec("NOTIFY_REPEAT_HOURS", "24", "Hours before the same failure is posted to "
                 "CHAT_WEBHOOK_URL again."),
     SettingSpec("BACKUP_S3_BUCKET", None, "S3 bucket for off-site copies; unset: local only."),

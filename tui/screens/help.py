@@ -33,6 +33,8 @@ KEYS = (
     ("n", "runner", "next step (blocked until the step is done)"),
     ("k", "runner", "skip the step (asks why)"),
     ("c", "runner", "cancel the running operation (asks first)"),
+    ("u", "runner", "team update: edit it, then post it (or copy it)"),
+    ("l", "runner", "fold or show the live output"),
     ("Esc", "anywhere", "back; closes dialogs and this help"),
 )
 

@@ -16,7 +16,20 @@ from tui.core.retention import LOCAL, S3, Plan
 from tui.widgets.backup_list import BackupList, Column, ListRow
 
 
-class AskText(ModalScreen[str | None]):
+class _TextAnswer(ModalScreen[str | None]):
+    """A dialog answered with a text (never an empty one: it says so), or None on Esc."""
+
+    def answer(self, value: str) -> None:
+        if not value:
+            self.query_one("#dialog-error", Label).update("Type something, or Esc to cancel.")
+            return
+        self.dismiss(value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class AskText(_TextAnswer):
     """Asks for a line of text; Enter answers, Esc cancels (None).
 
     With `must_equal`, only that exact text is accepted (a production database name)."""
@@ -46,13 +59,45 @@ class AskText(ModalScreen[str | None]):
             self.query_one("#dialog-error", Label).update(
                 f"That is not {self.must_equal!r}. Type it exactly, or Esc to cancel.")
             return
-        if not value:
-            self.query_one("#dialog-error", Label).update("Type something, or Esc to cancel.")
-            return
-        self.dismiss(value)
+        self.answer(value)
 
-    def action_cancel(self) -> None:
-        self.dismiss(None)
+
+class TeamUpdate(_TextAnswer):
+    """A team update to send, or without a chat webhook to copy: the text in an editor, ready
+    to change; ctrl+s answers with it (sent, or shown as copied), Esc answers None."""
+
+    AUTO_FOCUS = "#update-text"
+    BINDINGS = [Binding("ctrl+s", "send", "Send", id="update-send", tooltip="Send this text"),
+                Binding("escape", "cancel", "Cancel", id="update-cancel", tooltip="Cancel")]
+
+    def __init__(self, text: str, *, webhook: bool) -> None:
+        super().__init__()
+        self.text = text
+        self.webhook = webhook
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import TextArea
+
+        with Vertical(id="dialog", classes="update"):
+            yield Label("Team update", id="dialog-title")
+            yield Static("Edit the text; ctrl+s " + (
+                "posts it to the chat webhook." if self.webhook else
+                "marks it sent: there is no chat webhook, so copy it to #incidents "
+                "(select it with shift and the mouse; it is in the output too)."),
+                id="dialog-prompt")
+            yield TextArea(self.text, id="update-text", soft_wrap=True)
+            yield Label("", id="dialog-error")
+
+    def on_mount(self) -> None:
+        from textual.widgets import TextArea
+
+        area = self.query_one("#update-text", TextArea)
+        area.move_cursor(area.document.end)  # ready to add a sentence
+
+    def action_send(self) -> None:
+        from textual.widgets import TextArea
+
+        self.answer(self.query_one("#update-text", TextArea).text.strip())
 
 
 class YesNo(ModalScreen[bool]):

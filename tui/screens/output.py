@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Log, ProgressBar, Static
 
@@ -21,9 +22,50 @@ from tui.core.events import (
     TableChecked,
     ToolOutput,
 )
-from tui.core.verify import VerifyReport
+from tui.core.verify import CountRow, VerifyReport
 
 LOG_LINES = 5000
+# Application state failures named in the verdict itself; the rest are in the log.
+VERDICT_FAILURES = 3
+
+
+def review_order(report: VerifyReport) -> list[tuple[str | None, CountRow]]:
+    """The rows as an operator reads them, each with its row label: the tables that differ
+    ("✘"), then the SOP's key tables ("key"), then the rest by name."""
+    differing = report.mismatches
+    seen = {(r.schema, r.table) for r in differing}
+    key = [r for r in report.key_tables if (r.schema, r.table) not in seen]
+    seen |= {(r.schema, r.table) for r in key}
+    rest = [r for r in report.ordered() if (r.schema, r.table) not in seen]
+    return ([("✘", r) for r in differing] + [("key", r) for r in key]
+            + [(None, r) for r in rest])
+
+
+def verdict_text(report: VerifyReport, *, failed: bool = False) -> tuple[Content, bool]:
+    """The verdict's lines and whether it is a pass. It says only what the report holds: PASS
+    only when every count matches and no grant, RLS or sequence check failed, and never when
+    the operation itself `failed`. The failures are named under it."""
+    n = len(report.rows)
+    warned = f"; {len(report.warnings)} warnings in the log" if report.warnings else ""
+    problems = f"{len(report.failures)} grants/RLS/sequence problems"
+    if report.passed and not failed:
+        rows = sum(r.expected for r in report.rows)
+        checked = ("not recorded by this backup, not compared" if report.differences is None
+                   else f"compared, no problems{warned}")
+        return Content(f" VERIFICATION PASS: {n:,} tables, {rows:,} rows, all counts match \n"
+                       f"   grants, RLS, sequences: {checked} "), True
+    if report.passed:
+        head = f"Row counts match in all {n:,} tables, but the step FAILED: see its status"
+    elif not report.mismatches:
+        head = f"VERIFICATION FAIL: all {n:,} tables' counts match, but {problems}"
+    else:
+        also = f", {problems}" if report.failures else ""
+        head = f"VERIFICATION FAIL: {len(report.mismatches):,} of {n:,} tables differ{also}"
+    lines = [f" {head}{warned} "]
+    lines += [f" ✘ {d.kind}: {d.detail} " for d in report.failures[:VERDICT_FAILURES]]
+    if len(report.failures) > VERDICT_FAILURES:
+        lines.append(f"   and {len(report.failures) - VERDICT_FAILURES} more in the log ")
+    return Content("\n".join(lines)), False
 
 
 class OperationScreen(Screen[None]):
@@ -38,33 +80,31 @@ class OperationScreen(Screen[None]):
     def update_status(self, extra: str = "") -> None:
         raise NotImplementedError
 
-    def show_verification(self, report: VerifyReport) -> None:
+    def show_verification(self, report: VerifyReport, *, failed: bool = False) -> None:
+        """The verdict, then the counts in the order an operator reads them (`review_order`).
+        `failed`: the operation failed although the report may pass (pg_restore's errors, lost
+        objects): the verdict then never says PASS."""
         table = self.query_one("#counts", DataTable)
         table.display = True
         table.clear()
-        for r in report.ordered():
+        for label, r in review_order(report):
             actual = "missing" if r.actual is None else f"{r.actual:,}"
             diff = "" if r.difference is None else f"{r.difference:+,}"
             status = r.status.upper()
             style = "" if r.status == "ok" else "[b red]"
             table.add_row(f"{style}{r.schema}.{r.table}", f"{r.expected:,}", actual, diff,
-                          f"{style}{status}")
+                          f"{style}{status}", label=label)
+        table.move_cursor(row=0, column=0, animate=False)
+        table.scroll_home(animate=False)
         for d in report.failures + report.warnings:
             self._write(f"verify: {d.describe()}")
+        self.show_verdict(report, failed=failed)
+
+    def show_verdict(self, report: VerifyReport, *, failed: bool = False) -> None:
+        text, passed = verdict_text(report, failed=failed)
         verdict = self.query_one("#verdict", Static)
-        warned = f", {len(report.warnings)} warnings" if report.warnings else ""
-        if report.passed:
-            verdict.update(f" VERIFICATION PASS — {len(report.rows)} tables, every row is back"
-                           f"{warned} ")
-            verdict.set_classes("pass")
-        elif not report.mismatches:
-            verdict.update(f" VERIFICATION FAIL — every row is back, {len(report.failures)} "
-                           f"grants/RLS/sequence problems (see the log){warned} ")
-            verdict.set_classes("fail")
-        else:
-            verdict.update(f" VERIFICATION FAIL — {len(report.mismatches)} of "
-                           f"{len(report.rows)} tables differ{warned} ")
-            verdict.set_classes("fail")
+        verdict.update(text)
+        verdict.set_classes("pass" if passed else "fail")
 
     # -- events from the engine --------------------------------------------------------------
     def emit(self, event: Event) -> None:

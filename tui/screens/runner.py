@@ -11,6 +11,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.widgets import (
     DataTable,
     Footer,
@@ -26,12 +27,15 @@ from textual.widgets import (
 from textual.worker import Worker, WorkerState
 
 from tui.core.errors import Interrupted, PgRunbookError
-from tui.core.runbook import RUNNING, RunbookRun
-from tui.screens.modals import AskText, YesNo
+from tui.core.runbook import FAILED, RUNNING, RunbookRun
+from tui.screens.modals import AskText, TeamUpdate, YesNo
 from tui.screens.output import LOG_LINES, OperationScreen
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from tui.app import PgRunbookApp
+    from tui.core.verify import VerifyReport
 
 ICONS = {"pending": "·", "running": "▶", "done": "✔", "failed": "✘", "skipped": "↷"}
 
@@ -39,13 +43,29 @@ ICONS = {"pending": "·", "running": "▶", "done": "✔", "failed": "✘", "ski
 class RunnerScreen(OperationScreen):
     AUTO_FOCUS = "#checklist"
     BINDINGS = [
-        Binding("x", "run_step", "Run step", id="runner-run", tooltip="Run this step's action"),
+        Binding("x", "run_step", "Run", id="runner-run", tooltip="Run this step's action"),
         Binding("n", "next_step", "Next", id="runner-next", tooltip="Go to the next step"),
         Binding("k", "skip_step", "Skip", id="runner-skip", tooltip="Skip this step (asks why)"),
-        Binding("c", "cancel_op", "Cancel op", id="runner-cancel",
+        Binding("c", "cancel_op", "Cancel", id="runner-cancel",
                 tooltip="Stop the running operation (asks first)"),
+        Binding("l", "toggle_log", "Log", id="runner-log",
+                tooltip="Show or fold the live output (it keeps every line while folded)"),
+        Binding("u", "team_update", "Update", id="runner-update",
+                tooltip="Send the team an update now, or edit its text first"),
         Binding("escape", "leave", "Back", id="runner-back", tooltip="Back to home"),
     ]
+    # Below 100 columns a shown verification takes the step list's width (`app.tcss`).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    # The verification on screen: the step it belongs to, when that step's run started, and
+    # the report. It is shown while that run of that step is the current one.
+    _verification: tuple[int, datetime | None, VerifyReport] | None = None
+    _verdict_failed = False  # the shown verdict is a failed step's
+    # Team updates: the running operation's latest progress, a post in flight, a bad setting
+    # said once.
+    _progress: Any = None
+    _update_busy = False
+    _update_warned = False
+    _log_hint = ""
 
     def __init__(self, run: RunbookRun, reason: str | None = None) -> None:
         super().__init__()
@@ -77,15 +97,89 @@ class RunnerScreen(OperationScreen):
             yield ListView(id="steps")
             with Vertical(id="step-pane"):
                 yield Label("", id="step-title", classes="section")
+                # Only the step's text and checklist scroll: its state, the verdict and the
+                # counts stay in view (a verification shrinks this part, see `app.tcss`).
                 with VerticalScroll(id="step-scroll"):
                     yield Markdown("", id="step-text")
                     yield SelectionList[int](id="checklist")
-                    yield Static("", id="step-status")
-                    yield ProgressBar(id="progress", show_eta=True)
-                    yield Static("", id="verdict")
-                    yield DataTable(id="counts", zebra_stripes=True)
-                yield Log(id="output", max_lines=LOG_LINES)
+                yield Static("", id="step-status")
+                yield ProgressBar(id="progress", show_eta=True)
+                verdict = Static("", id="verdict")
+                verdict.display = False  # until there is a verification
+                yield verdict
+                yield DataTable(id="counts", zebra_stripes=True)
+                log = Log(id="output", max_lines=LOG_LINES)
+                log.border_title = "output (l folds it)"
+                yield log
+                hint = Static("", id="log-hint")  # the folded log's one line
+                hint.display = False
+                yield hint
         yield Footer()
+
+    def _verification_here(self) -> VerifyReport | None:
+        """The shown verification if it is the current step's latest run's."""
+        if self._verification is None:
+            return None
+        index, started, report = self._verification
+        here = index == self.run_state.current and started == self.run_state.state.started
+        return report if here else None
+
+    def _set_verified(self, verified: bool) -> None:
+        """The pane's two layouts. With a verification: the verdict and the counts take the
+        room, the progress bar (done) goes and the log folds to one line; without: the step's
+        text and the log."""
+        self.set_class(verified, "verified")
+        self.query_one("#verdict", Static).display = verified
+        self.query_one("#counts", DataTable).display = verified
+        if verified:
+            self.query_one("#progress", ProgressBar).display = False
+        self.show_log(not verified)
+
+    def _follow_layout(self) -> None:
+        """After the step or its state changed: a verification stays while it is the current
+        step's latest run's, and its verdict follows the step (never PASS on a failed one)."""
+        report = self._verification_here()
+        failed = self.run_state.state.status == FAILED
+        if report is not None and failed != self._verdict_failed:
+            self._verdict_failed = failed
+            self.show_verdict(report, failed=failed)
+        elif report is None and self._verification is not None:  # next step, or run again
+            self._verification = None
+            self._set_verified(False)
+
+    def show_verification(self, report: VerifyReport, *, failed: bool = False) -> None:
+        st = self.run_state.state
+        self._verification = (self.run_state.current, st.started, report)
+        self._verdict_failed = failed or st.status == FAILED
+        self._set_verified(True)
+        super().show_verification(report, failed=self._verdict_failed)
+
+    def show_log(self, shown: bool) -> None:
+        """Show the log, or fold it to one line that says how to get it back and what it
+        printed last. A folded log goes on receiving every line."""
+        log = self.query_one("#output", Log)
+        log.display = shown
+        self.query_one("#log-hint", Static).display = not shown
+        if shown:
+            log.anchor()  # unfolded at its newest line, following (see `show_step`)
+        else:
+            self._update_log_hint()
+
+    def action_toggle_log(self) -> None:
+        self.show_log(not self.query_one("#output", Log).display)
+
+    def _flush_log(self) -> None:
+        super()._flush_log()
+        if not self.query_one("#output", Log).display:
+            self._update_log_hint()
+
+    def _update_log_hint(self) -> None:
+        log = self.query_one("#output", Log)
+        last = log.lines[-1] if log.lines else "nothing yet"
+        text = f"▸ output folded, l shows it ({log.line_count:,} lines); last: {last}"
+        if text != self._log_hint:
+            self._log_hint = text
+            self.query_one("#log-hint", Static).update(Content(text))
 
     def on_mount(self) -> None:
         from tui.core.audit import AuditLog
@@ -105,6 +199,7 @@ class RunnerScreen(OperationScreen):
         self.query_one("#counts", DataTable).add_columns("table", "expected", "actual", "diff",
                                                          "status")
         self.set_interval(0.1, self._flush_log)
+        self.set_interval(1.0, self._tick_updates)
         # The step list is a display: keys go to the checklist and the bindings.
         self.query_one("#steps", ListView).can_focus = False
         self.query_one("#progress", ProgressBar).display = False  # until an operation reports
@@ -139,6 +234,10 @@ class RunnerScreen(OperationScreen):
         self.query_one("#step-title", Label).update(
             f"Step {n}/{len(self.run_state.states)}: {step.title}  [{step.kind}]")
         self.query_one("#step-text", Markdown).update(step.text or "")
+        # The log's height follows the step's text (`app.tcss`), and a Log that is no longer
+        # exactly at its end stops following: anchored, it stays at the newest line until
+        # the operator scrolls up (and again once back at the bottom).
+        self.query_one("#output", Log).anchor()
         checklist = self.query_one("#checklist", SelectionList)
         checklist.clear_options()
         for i, item in enumerate(step.items):
@@ -169,7 +268,11 @@ class RunnerScreen(OperationScreen):
                          else "[green]runbook complete[/]")
         if extra:
             parts.append(extra)
+        update = self.team_update_line()
+        if update:
+            parts.append(update)
         self.query_one("#step-status", Static).update("  ".join(parts))
+        self._follow_layout()
 
     # -- keys ------------------------------------------------------------------------------
     @on(SelectionList.SelectedChanged, "#checklist")
@@ -352,6 +455,8 @@ class RunnerScreen(OperationScreen):
             "backup", request, {"kind": kind, "name": step.options.get("name")}))
 
     def _after_backup(self, result: Any) -> str:
+        if result.name not in self.run_state.backups_taken:
+            self.run_state.backups_taken.append(result.name)
         return f"{result.name}, {result.tables} tables, {result.rows:,} rows"
 
     async def _ask_restore(self, c: Any) -> str | None:
@@ -378,7 +483,11 @@ class RunnerScreen(OperationScreen):
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         spec = self._backup_spec(step.options.get("backup", "latest"))
-        request = RestoreRequest(backup=spec, reason=self.reason, origin="tui")
+        # The run's own newest backup (the emergency one) stands as the safety backup when
+        # nothing has been written since it; the engine decides and says which it did.
+        taken = self.run_state.backups_taken
+        request = RestoreRequest(backup=spec, reason=self.reason, origin="tui",
+                                 safety_candidate=taken[-1] if taken else None)
         # Asked here, before the job: the job never waits for a terminal.
         confirmation = await asyncio.to_thread(confirmation_needed, app.settings, request)
         if confirmation is not None:
@@ -490,10 +599,137 @@ class RunnerScreen(OperationScreen):
                 f"Impact: {impact or 'not given'}. Runbook: {self.run_state.runbook.name}. "
                 f"Reason: {self.reason or '-'}. ETA: see the incident channel.")
         await asyncio.to_thread(notify, hook, text)
+        if impact and self.run_state.impact is None:
+            self.run_state.impact = impact  # the team updates repeat it (`tui.core.incident`)
         return "posted to the chat webhook"
 
     async def _do_note(self, step: Any) -> str:
         return ""
+
+    # -- team updates (tui.core.incident) -------------------------------------------------
+    def _handle(self, event: Any) -> None:
+        from tui.core.events import DumpProgress, Progress
+        from tui.core.incident import OperationProgress
+
+        if isinstance(event, Progress):
+            self._progress = OperationProgress(event.phase, event.done, event.total,
+                                               event.elapsed, event.unit)
+        elif isinstance(event, DumpProgress):
+            self._progress = OperationProgress("backup", event.bytes_written,
+                                               event.expected_bytes, event.elapsed)
+        super()._handle(event)
+
+    def _update_every(self) -> Any:
+        from tui.core.errors import ConfigError
+        from tui.core.incident import update_interval
+
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        try:
+            return update_interval(app.settings)
+        except ConfigError as exc:
+            if not self._update_warned:
+                self._update_warned = True
+                self.notify(f"{exc.message} {exc.hint or ''}", severity="error", timeout=15)
+            return None
+
+    def team_update_line(self) -> str:
+        """When the next team update is due, for the status line ("" before the first action
+        and after the run)."""
+        from tui.core.incident import next_due
+
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        every = self._update_every()
+        due = next_due(self.run_state, every) if every is not None else None
+        if due is None:
+            return ""
+        late = app.now() >= due
+        when = due.strftime("%H:%M")
+        return (f"[b yellow]team update due since {when} UTC (u)[/]" if late
+                else f"next team update {when} UTC (u: now)")
+
+    def _tick_updates(self) -> None:
+        """Every second: a team update that has come due is posted, or without a chat webhook
+        the operator is reminded with its text (once per interval either way)."""
+        from tui.core.incident import next_due, update_text
+
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        every = self._update_every()
+        due = next_due(self.run_state, every) if every is not None else None
+        if due is None or self._update_busy or app.now() < due:
+            return
+        text = update_text(self.run_state, self.run_state.target, self._progress, app.now(),
+                           every)
+        if app.settings.values.get("CHAT_WEBHOOK_URL"):
+            self._send_update(text)
+        else:
+            self._remind(text)
+
+    def _remind(self, text: str) -> None:
+        from tui.core.incident import record_update
+
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        record_update(self.run_state, app.now(), text, posted=False)
+        self.save()
+        self._write(f"TEAM UPDATE DUE (no chat webhook; post it in #incidents): {text}")
+        self.notify("Team update due: no chat webhook is set, so post it yourself. The text is "
+                    "in the output; u opens it to edit and copy.", severity="warning",
+                    timeout=30)
+        self.update_status()
+
+    def _send_update(self, text: str) -> None:
+        """Post `text` in a worker; the cadence waits while a post is in flight (never two at
+        once, and none cancelled: each one the operator sent arrives)."""
+        self._update_busy = True
+        self._post_update(text)
+
+    @work(group="team-update", exit_on_error=False)
+    async def _post_update(self, text: str) -> None:
+        import asyncio
+
+        from tui.core.actions import notify
+        from tui.core.incident import record_update
+
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        try:
+            await asyncio.to_thread(notify, str(app.settings.values["CHAT_WEBHOOK_URL"]), text)
+        except PgRunbookError as exc:
+            # Counted as shown, so the next try waits an interval: the text is in the output.
+            record_update(self.run_state, app.now(), text, posted=False)
+            self._write(f"team update NOT posted: {exc.message} Post it yourself: {text}")
+            self.notify(f"Team update not posted: {exc.message}", severity="error", timeout=15)
+        else:
+            record_update(self.run_state, app.now(), text, posted=True)
+            self._write(f"team update posted: {text}")
+        finally:
+            self._update_busy = False
+            self.save()
+            self.update_status()
+
+    def action_team_update(self) -> None:
+        """u: the update's text to edit, then posted now (or, without a webhook, shown to copy
+        and counted as sent)."""
+        from tui.core.incident import record_update, update_text
+
+        app: PgRunbookApp = self.app  # type: ignore[assignment]
+        every = self._update_every()
+        if every is None:
+            return
+        text = update_text(self.run_state, self.run_state.target, self._progress, app.now(),
+                           every)
+        webhook = bool(app.settings.values.get("CHAT_WEBHOOK_URL"))
+
+        def answer(edited: str | None) -> None:
+            if not edited:
+                return
+            if webhook:
+                self._send_update(edited)
+                return
+            record_update(self.run_state, app.now(), edited, posted=False)
+            self.save()
+            self._write(f"team update (copy it to #incidents): {edited}")
+            self.update_status()
+
+        self.app.push_screen(TeamUpdate(text, webhook=webhook), answer)
 
     _do_checklist = _do_note
 
