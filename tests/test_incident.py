@@ -139,6 +139,10 @@ def test_what_keeps_a_backup_from_standing_in(ws: Workspace, quiet: Server) -> N
             assert "1 transaction ID(s) have been assigned" in why, why
             writer.execute("ROLLBACK")
         assert "have ended in the cluster" in str(written_since(conn, snapshot))
+        # An ANALYZE writes statistics (no rows): it counts, and the reason says it was one.
+        conn.execute("ANALYZE public.customers")
+        assert "among them an ANALYZE of 1 of this database's tables" in str(
+            written_since(conn, snapshot))
         assert "restarted" in str(written_since(
             conn, {**snapshot, "server_started_at": "2001-01-01 00:00:00+00"}))
         assert "in progress when it was taken" in str(written_since(

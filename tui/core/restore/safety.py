@@ -48,11 +48,11 @@ def snapshot_record(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     row = conn.execute(
         "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text,"
         " ARRAY(SELECT x::text FROM pg_snapshot_xip(s) AS x ORDER BY 1),"
-        " pg_postmaster_start_time()::text"
+        " pg_postmaster_start_time()::text, now()::text"
         " FROM pg_current_snapshot() AS s").fetchone()
     assert row is not None
     return {"xmin": int(row[0]), "xmax": int(row[1]), "xip": [int(x) for x in row[2]],
-            "server_started_at": str(row[3])}
+            "server_started_at": str(row[3]), "taken_at": str(row[4])}
 
 
 def written_since(conn: psycopg.Connection[Any], snapshot: Any) -> str | None:
@@ -74,11 +74,28 @@ def written_since(conn: psycopg.Connection[Any], snapshot: Any) -> str | None:
         return f"the server has restarted since (up since {started})"
     if now_xmax != xmax:
         return (f"{now_xmax - xmax:,} transaction(s) have ended in the cluster since its "
-                "snapshot (something was written, perhaps in another database)")
+                "snapshot (writes in any of its databases"
+                + _autovacuum_since(conn, snapshot.get("taken_at")) + ")")
     if assigned != 0:
         return (f"{assigned:,} transaction ID(s) have been assigned in the cluster since its "
                 "snapshot (a write is in progress)")
     return None
+
+
+def _autovacuum_since(conn: psycopg.Connection[Any], taken_at: Any) -> str:
+    """", among them an ANALYZE of N of this database's tables" when the statistics say so
+    (autovacuum's, most often, soon after an incident's mass changes): an ANALYZE writes its
+    statistics, so it counts, though it changes no row. Only
+    an explanation for the operator; the decision never rests on it (an ANALYZE of an empty
+    table writes nothing, so the counts cannot be matched up)."""
+    if not isinstance(taken_at, str):
+        return ""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_all_tables"
+        " WHERE greatest(last_autoanalyze, last_analyze) > %s::timestamptz",
+        [taken_at]).fetchone()
+    n = int(row[0]) if row else 0
+    return f", among them an ANALYZE of {n} of this database's tables" if n else ""
 
 
 def find_candidate(settings: Settings, name: str) -> BackupEntry | str:
