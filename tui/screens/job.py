@@ -73,7 +73,8 @@ class JobScreen(OperationScreen):
         report = getattr(result, "verify", None) or (
             result if hasattr(result, "mismatches") else None)
         if report is not None:
-            self.show_verification(report)
+            # A restore that lost objects outside its schemas failed whatever the counts say.
+            self.show_verification(report, failed=report is not result and not result.passed)
 
     @on(Worker.StateChanged)
     def _ended(self, event: Worker.StateChanged) -> None:
@@ -81,7 +82,7 @@ class JobScreen(OperationScreen):
             err = event.worker.error
             result = getattr(err, "result", None)
             if result is not None and getattr(result, "verify", None) is not None:
-                self.show_verification(result.verify)
+                self.show_verification(result.verify, failed=True)  # the operation failed
             text = (f"{err.message} {err.hint or ''}".strip() if isinstance(err, PgRunbookError)
                     else f"{err.__class__.__name__}: {err}")
             self._write(f"FAILED: {text}")
