@@ -347,6 +347,46 @@ async def test_home_shows_a_running_job_and_follows_it_to_its_verdict(
     assert starter.returncode == 0
 
 
+async def test_the_job_screen_never_says_pass_for_a_restore_that_failed(
+        workspace: Workspace, server: Server) -> None:
+    """Every count matches, but pg_restore failed on an entry (the owner role is gone): the
+    job screen's verdict says the counts match and the restore FAILED, never PASS."""
+    from tui.core import jobs
+    from tui.core.restore import RestoreRequest
+    from tui.screens.job import JobScreen
+
+    with server.connect(workspace.dbname) as conn:
+        conn.execute("CREATE ROLE ghost_js NOLOGIN")
+        conn.execute("CREATE TABLE public.ghost_js (id int)")
+        conn.execute("ALTER TABLE public.ghost_js OWNER TO ghost_js")
+    try:
+        name = json.loads(workspace.run("backup", "--json", check=True).stdout)["name"]
+        with server.connect(workspace.dbname) as conn:
+            conn.execute("DROP TABLE public.ghost_js")
+            conn.execute("DROP ROLE ghost_js")
+        settings = settings_for(workspace)
+        job = jobs.start(settings, "restore", RestoreRequest(
+            backup=name, confirmed=True, owners="keep", origin="tui"), origin="tui",
+            arguments={"backup": name})
+        app = make_app(settings)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await app.workers.wait_for_complete()
+            app.push_screen(JobScreen(job))
+            await pilot.pause()
+            with contextlib.suppress(WorkerFailed):
+                await app.workers.wait_for_complete()
+            await pilot.pause()
+            verdict = str(app.screen.query_one("#verdict", Static).render())
+            status = str(app.screen.query_one("#step-status", Static).render())
+    finally:
+        with server.connect(workspace.dbname) as conn:
+            conn.execute("DROP TABLE IF EXISTS public.ghost_js")
+        with server.connect() as conn:
+            conn.execute("DROP ROLE IF EXISTS ghost_js")
+    assert "failed" in status and 'role "ghost_js" does not exist' in status, status
+    assert "VERIFICATION PASS" not in verdict and "but the step FAILED" in verdict, verdict
+
+
 # -- retention: the browser's retention line, prune from the browser, the home screen's health --
 
 def notices(app) -> list[str]:  # type: ignore[no-untyped-def]
