@@ -10,16 +10,15 @@ as on a hosted service."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from textual.worker import WorkerCancelled, WorkerFailed
 
 from tests.conftest import PASSWORD, Server, Workspace, clean_env
+from tests.test_tui import wait_for_step
 from tui.app import make_app
 from tui.core.cluster import ThrowawayCluster
 from tui.core.restore.safety import decide, written_since
@@ -168,16 +167,6 @@ def test_the_cli_refuses_both_safety_options_at_once(ws: Workspace) -> None:
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
 
 
-async def _settle(pilot, runner: RunnerScreen, index: int, status: str) -> None:  # type: ignore[no-untyped-def]
-    while running := [w for w in pilot.app.workers if w.is_running]:
-        for worker in running:
-            with contextlib.suppress(WorkerFailed, WorkerCancelled):
-                await worker.wait()
-    await pilot.pause()
-    st = runner.run_state.states[index]
-    assert st.status == status, (st.step.id, st.status, st.detail)
-
-
 async def _wait_for_screen(pilot, kind: type) -> None:  # type: ignore[no-untyped-def]
     for _ in range(400):
         if isinstance(pilot.app.screen, kind):
@@ -211,11 +200,11 @@ async def test_the_emergency_runbook_takes_one_emergency_backup_on_an_idle_datab
         await pilot.press("space", "down", "space")  # the two required items
         await pilot.press("n")
         await pilot.press("x")  # 2: maintenance on
-        await _settle(pilot, runner, 1, "done")
+        await wait_for_step(pilot, runner, 1, "done")
         await pilot.press("n", "n")  # 3: tell the team, passed without running
         assert runner.run_state.current == 3
         await pilot.press("x")  # 4: the emergency backup
-        await _settle(pilot, runner, 3, "done")
+        await wait_for_step(pilot, runner, 3, "done")
         emergency = runner.run_state.backups_taken[-1]
         if written:
             with _as_operator(ws) as conn:
@@ -223,19 +212,19 @@ async def test_the_emergency_runbook_takes_one_emergency_backup_on_an_idle_datab
         await pilot.press("n", "x")  # 5: confirm the target
         await _wait_for_screen(pilot, AskText)
         await pilot.press(*ws.dbname, "enter")
-        await _settle(pilot, runner, 4, "done")
+        await wait_for_step(pilot, runner, 4, "done")
         await pilot.press("n", "x")  # 6: the restore
         await _wait_for_screen(pilot, YesNo)
         await pilot.press("y")
-        await _settle(pilot, runner, 5, "done")
+        await wait_for_step(pilot, runner, 5, "done")
         await pilot.press("n", "x")  # 7: verify
-        await _settle(pilot, runner, 6, "done")
+        await wait_for_step(pilot, runner, 6, "done")
         await pilot.press("n", "k")  # 8: smoke test: no health URL here, skipped with a reason
         await _wait_for_screen(pilot, AskText)
         await pilot.press(*"no health URL in this test", "enter")
         await pilot.pause()
         await pilot.press("x")  # 9: maintenance off
-        await _settle(pilot, runner, 8, "done")
+        await wait_for_step(pilot, runner, 8, "done")
         await pilot.press("n", "n")  # 10: tell the team it is over, passed without running
         await pilot.pause()
         assert runner.run_state.closed  # the run is complete: its report is written
@@ -307,7 +296,7 @@ async def _start_emergency_run(pilot) -> RunnerScreen:  # type: ignore[no-untype
     runner = pilot.app.screen
     runner.query_one("#checklist").focus()
     await pilot.press("space", "down", "space", "n", "x")
-    await _settle(pilot, runner, 1, "done")
+    await wait_for_step(pilot, runner, 1, "done")
     return runner
 
 
