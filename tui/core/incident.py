@@ -94,7 +94,8 @@ def update_text(run: RunbookRun, target: dict[str, Any] | None,
              + (f" ({run.reason})" if run.reason else "") + ".",
              f"Step {index}/{len(run.states)}: {st.step.title} ({status})."]
     if progress is not None and st.status == RUNNING:
-        parts.append(progress.line()[0].upper() + progress.line()[1:] + ".")
+        line = progress.line()
+        parts.append(line[0].upper() + line[1:] + ".")
     done = sum(1 for s in run.states if s.status in ("done", "skipped"))
     parts.append(f"{done} of {len(run.states)} steps finished.")
     parts.append(f"Impact: {run.impact or 'not given'}.")

@@ -60,11 +60,11 @@ class RunnerScreen(OperationScreen):
     # the report. It is shown while that run of that step is the current one.
     _verification: tuple[int, datetime | None, VerifyReport] | None = None
     _verdict_failed = False  # the shown verdict is a failed step's
-    # Team updates: the running operation's latest progress, a post in flight, a bad setting
-    # said once.
+    # Team updates: their interval (None: INCIDENT_UPDATE_MINUTES is bad, said at mount), the
+    # running operation's latest progress, and a post in flight.
+    _every: Any = None
     _progress: Any = None
     _update_busy = False
-    _update_warned = False
     _log_hint = ""
 
     def __init__(self, run: RunbookRun, reason: str | None = None) -> None:
@@ -199,6 +199,7 @@ class RunnerScreen(OperationScreen):
         self.query_one("#counts", DataTable).add_columns("table", "expected", "actual", "diff",
                                                          "status")
         self.set_interval(0.1, self._flush_log)
+        self._every = self._update_every()
         self.set_interval(1.0, self._tick_updates)
         # The step list is a display: keys go to the checklist and the bindings.
         self.query_one("#steps", ListView).can_focus = False
@@ -338,6 +339,7 @@ class RunnerScreen(OperationScreen):
             self.notify("This step has no action: tick its items and press n.")
             return
         self.run_state.start()
+        self._progress = None  # an earlier operation's, never this step's in an update
         self.render_steps()
         self.update_status()
         self.execute()
@@ -620,6 +622,7 @@ class RunnerScreen(OperationScreen):
         super()._handle(event)
 
     def _update_every(self) -> Any:
+        """INCIDENT_UPDATE_MINUTES, read once: a bad value is said, and no updates come."""
         from tui.core.errors import ConfigError
         from tui.core.incident import update_interval
 
@@ -627,9 +630,7 @@ class RunnerScreen(OperationScreen):
         try:
             return update_interval(app.settings)
         except ConfigError as exc:
-            if not self._update_warned:
-                self._update_warned = True
-                self.notify(f"{exc.message} {exc.hint or ''}", severity="error", timeout=15)
+            self.notify(f"{exc.message} {exc.hint or ''}", severity="error", timeout=15)
             return None
 
     def team_update_line(self) -> str:
@@ -638,8 +639,7 @@ class RunnerScreen(OperationScreen):
         from tui.core.incident import next_due
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
-        every = self._update_every()
-        due = next_due(self.run_state, every) if every is not None else None
+        due = next_due(self.run_state, self._every) if self._every is not None else None
         if due is None:
             return ""
         late = app.now() >= due
@@ -653,28 +653,32 @@ class RunnerScreen(OperationScreen):
         from tui.core.incident import next_due, update_text
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
-        every = self._update_every()
-        due = next_due(self.run_state, every) if every is not None else None
+        due = next_due(self.run_state, self._every) if self._every is not None else None
         if due is None or self._update_busy or app.now() < due:
             return
         text = update_text(self.run_state, self.run_state.target, self._progress, app.now(),
-                           every)
+                           self._every)
         if app.settings.values.get("CHAT_WEBHOOK_URL"):
             self._send_update(text)
         else:
             self._remind(text)
 
-    def _remind(self, text: str) -> None:
+    def _record_update(self, text: str, posted: bool, line: str) -> None:
+        """An update sent or shown: in the saved run, the output (`line`) and the status."""
         from tui.core.incident import record_update
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
-        record_update(self.run_state, app.now(), text, posted=False)
+        record_update(self.run_state, app.now(), text, posted=posted)
         self.save()
-        self._write(f"TEAM UPDATE DUE (no chat webhook; post it in #incidents): {text}")
+        self._write(line)
+        self.update_status()
+
+    def _remind(self, text: str) -> None:
+        self._record_update(text, False,
+                            f"TEAM UPDATE DUE (no chat webhook; post it in #incidents): {text}")
         self.notify("Team update due: no chat webhook is set, so post it yourself. The text is "
                     "in the output; u opens it to edit and copy.", severity="warning",
                     timeout=30)
-        self.update_status()
 
     def _send_update(self, text: str) -> None:
         """Post `text` in a worker; the cadence waits while a post is in flight (never two at
@@ -687,35 +691,31 @@ class RunnerScreen(OperationScreen):
         import asyncio
 
         from tui.core.actions import notify
-        from tui.core.incident import record_update
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
         try:
             await asyncio.to_thread(notify, str(app.settings.values["CHAT_WEBHOOK_URL"]), text)
         except PgRunbookError as exc:
             # Counted as shown, so the next try waits an interval: the text is in the output.
-            record_update(self.run_state, app.now(), text, posted=False)
-            self._write(f"team update NOT posted: {exc.message} Post it yourself: {text}")
+            self._record_update(text, False, f"team update NOT posted: {exc.message} Post it "
+                                             f"yourself: {text}")
             self.notify(f"Team update not posted: {exc.message}", severity="error", timeout=15)
         else:
-            record_update(self.run_state, app.now(), text, posted=True)
-            self._write(f"team update posted: {text}")
+            self._record_update(text, True, f"team update posted: {text}")
         finally:
             self._update_busy = False
-            self.save()
-            self.update_status()
 
     def action_team_update(self) -> None:
         """u: the update's text to edit, then posted now (or, without a webhook, shown to copy
         and counted as sent)."""
-        from tui.core.incident import record_update, update_text
+        from tui.core.incident import update_text
 
         app: PgRunbookApp = self.app  # type: ignore[assignment]
-        every = self._update_every()
-        if every is None:
+        if self._every is None:
+            self._update_every()  # says again why there are no updates
             return
         text = update_text(self.run_state, self.run_state.target, self._progress, app.now(),
-                           every)
+                           self._every)
         webhook = bool(app.settings.values.get("CHAT_WEBHOOK_URL"))
 
         def answer(edited: str | None) -> None:
@@ -724,10 +724,7 @@ class RunnerScreen(OperationScreen):
             if webhook:
                 self._send_update(edited)
                 return
-            record_update(self.run_state, app.now(), edited, posted=False)
-            self.save()
-            self._write(f"team update (copy it to #incidents): {edited}")
-            self.update_status()
+            self._record_update(edited, False, f"team update (copy it to #incidents): {edited}")
 
         self.app.push_screen(TeamUpdate(text, webhook=webhook), answer)
 
